@@ -1,0 +1,344 @@
+"""Look up Gemma Scope artifacts: ``get``, ``releases``, ``find``, ``nearest``.
+
+Reads the compiled index shipped in ``sae_lens_gemmascope/_index/`` (generated from the YAML files
+in ``registry/``), one small JSON shard per release, so a cold lookup parses no YAML.
+
+Example:
+    >>> from sae_lens_gemmascope import registry
+    >>> e = registry.get("gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_262k_l0_medium")
+    >>> (e.repo_id, e.path, e.d_sae, e.l0)
+    ('google/gemma-scope-2-1b-pt', 'transcoder/layer_13_width_262k_l0_medium', 262144, 60)
+    >>> registry.get("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical").path
+    'layer_20/width_16k/average_l0_71'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from ._paths import INDEX_DIR
+from .errors import UnknownReleaseError, UnknownSaeIdError, close_matches
+
+Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
+Status = Literal["observed", "expected"]
+
+NEURONPEDIA_URL = "https://www.neuronpedia.org"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Every fact the registry holds about one loadable artifact.
+
+    ``path`` is the folder inside ``repo_id`` on the Hugging Face hub. ``l0`` is the measured average
+    L0 for Gemma Scope 1 and the training *target* for Gemma Scope 2 (``l0_is_target``).
+    ``alias_of`` is set on SAELens-style ``.../canonical`` ids: (release, sae_id) of the real entry.
+    """
+
+    release: str
+    sae_id: str
+    repo_id: str
+    path: str
+    kind: Kind
+    site: str
+    hook_site_in: str
+    hook_site_out: str
+    layer: int | None
+    layers: tuple[int, ...]
+    width: str | None
+    d_sae: int
+    d_in: int
+    d_out: int
+    l0: float
+    l0_label: str | None
+    l0_is_target: bool
+    canonical: bool
+    affine: bool
+    neuronpedia_id: str | None
+    status: Status
+    model: str
+    hf_model_id: str
+    generation: int
+    format: str
+    files: tuple[str, ...]
+    alias_of: tuple[str, str] | None = None
+    d_sae_per_layer: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Entry:
+        rec = dict(rec)
+        rec["layers"] = tuple(rec.get("layers") or ())
+        rec["files"] = tuple(rec.get("files") or ())
+        if rec.get("alias_of") is not None:
+            rec["alias_of"] = tuple(rec["alias_of"])
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = {k: rec.pop(k) for k in list(rec) if k not in known}
+        return cls(**rec, extra=extra)
+
+    @property
+    def is_multilayer(self) -> bool:
+        """True for CLTs and crosscoders (loaded with ``sae_lens_gemmascope.multilayer``)."""
+        return self.kind in ("clt", "crosscoder")
+
+    @property
+    def model_facts(self) -> Any:
+        """The :class:`sae_lens_gemmascope.models.ModelFacts` of the model it was trained on."""
+        from .models import get_model
+
+        return get_model(self.model)
+
+    @property
+    def neuronpedia_url(self) -> str | None:
+        """The Neuronpedia source page, or None where no source is known."""
+        return f"{NEURONPEDIA_URL}/{self.neuronpedia_id}" if self.neuronpedia_id else None
+
+    def feature_url(self, index: int) -> str | None:
+        """The Neuronpedia page of one latent."""
+        return f"{NEURONPEDIA_URL}/{self.neuronpedia_id}/{index}" if self.neuronpedia_id else None
+
+    @property
+    def hub_url(self) -> str:
+        """Browse the folder on the Hugging Face hub."""
+        return f"https://huggingface.co/{self.repo_id}/tree/main/{self.path}"
+
+    def file_paths(self) -> tuple[str, ...]:
+        """Repo-relative paths of the files that make up this artifact."""
+        return tuple(f"{self.path}/{f}" for f in self.files)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the weight tensors as stored on the hub (per file for multi-layer models)."""
+        if self.format == "gs1_npz":
+            return {
+                "W_enc": (self.d_in, self.d_sae),
+                "W_dec": (self.d_sae, self.d_out),
+                "b_enc": (self.d_sae,),
+                "b_dec": (self.d_out,),
+                "threshold": (self.d_sae,),
+            }
+        if self.is_multilayer:
+            per = int(self.d_sae_per_layer or 0)
+            shapes = {
+                "w_enc": (self.d_in, per),
+                "b_enc": (per,),
+                "threshold": (per,),
+                "w_dec": (per, len(self.layers), self.d_out),
+                "b_dec": (self.d_out,),
+            }
+        else:
+            shapes = {
+                "w_enc": (self.d_in, self.d_sae),
+                "b_enc": (self.d_sae,),
+                "threshold": (self.d_sae,),
+                "w_dec": (self.d_sae, self.d_out),
+                "b_dec": (self.d_out,),
+            }
+        if self.affine:
+            shapes["affine_skip_connection"] = (self.d_in, self.d_out)
+        return shapes
+
+    def size_bytes(self, dtype_bytes: int = 4) -> int:
+        """Bytes of all weights at ``dtype_bytes`` per value (4 = float32, as stored)."""
+        n = 0
+        for shape in self.tensor_shapes().values():
+            k = 1
+            for s in shape:
+                k *= s
+            n += k
+        files = len(self.layers) if self.is_multilayer else 1
+        return n * files * dtype_bytes
+
+
+@lru_cache(maxsize=1)
+def _manifest() -> dict[str, Any]:
+    with open(INDEX_DIR / "manifest.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@lru_cache(maxsize=None)
+def _shard(release: str) -> dict[str, Entry]:
+    with open(INDEX_DIR / f"{release}.json", encoding="utf-8") as fh:
+        recs = json.load(fh)
+    return {r["sae_id"]: Entry.from_record(r) for r in recs}
+
+
+def releases() -> list[str]:
+    """Every release name, sorted."""
+    return list(_manifest()["releases"])
+
+
+def release_info(release: str) -> dict[str, Any]:
+    """Release-level facts: repo_id, model, generation, format, kinds, sites, count, registry_file."""
+    _check_release(release)
+    return dict(_manifest()["releases"][release])
+
+
+def repos() -> dict[str, list[str]]:
+    """Hugging Face repo id -> the release names that point into it."""
+    return {k: list(v) for k, v in _manifest()["repos"].items()}
+
+
+def models() -> dict[str, dict[str, Any]]:
+    """Raw model facts from ``registry/models.yaml`` (keyed by model key)."""
+    return _manifest()["models"]
+
+
+def _check_release(release: str) -> None:
+    man = _manifest()
+    if release in man["releases"]:
+        return
+    if release in man["repos"]:
+        names = ", ".join(man["repos"][release])
+        raise UnknownReleaseError(
+            f"{release!r} is a Hugging Face repo id, not a release name. Its releases are: {names}. "
+            f"Use e.g. SAE.from_pretrained({man['repos'][release][0]!r}, sae_id)."
+        )
+    near = close_matches(release, man["releases"])
+    hint = f" Did you mean: {', '.join(near)}?" if near else ""
+    raise UnknownReleaseError(
+        f"Unknown Gemma Scope release {release!r}.{hint} "
+        "List them with `gemmascope list` or sae_lens_gemmascope.registry.releases()."
+    )
+
+
+def is_release(name: str) -> bool:
+    """True when ``name`` is a release of this registry."""
+    return name in _manifest()["releases"]
+
+
+def entries(release: str) -> list[Entry]:
+    """All entries of one release, in registry order."""
+    _check_release(release)
+    return list(_shard(release).values())
+
+
+def sae_ids(release: str) -> list[str]:
+    """All sae_ids of one release."""
+    _check_release(release)
+    return list(_shard(release))
+
+
+def get(release: str, sae_id: str) -> Entry:
+    """The entry for ``(release, sae_id)``; raises with close matches when either is unknown.
+
+    Multi-layer ids also accept the family folder as prefix (``clt/width_262k_l0_big``).
+    """
+    _check_release(release)
+    shard = _shard(release)
+    if sae_id in shard:
+        return shard[sae_id]
+    for e in shard.values():
+        if e.path == sae_id and e.alias_of is None:
+            return e
+    near = close_matches(sae_id, shard)
+    hint = f" Close matches: {', '.join(near)}." if near else f" It has {len(shard)} ids, e.g. {next(iter(shard))}."
+    raise UnknownSaeIdError(
+        f"Release {release!r} has no sae_id {sae_id!r}.{hint} "
+        f"See `gemmascope list --release {release}`."
+    )
+
+
+def iter_entries(include_aliases: bool = False) -> Iterator[Entry]:
+    """Every entry of every release (canonical aliases only when asked)."""
+    for rel in releases():
+        for e in _shard(rel).values():
+            if include_aliases or e.alias_of is None:
+                yield e
+
+
+def _width_matches(e: Entry, width: int | str | None) -> bool:
+    if width is None:
+        return True
+    if isinstance(width, int):
+        return width in (e.d_sae, e.d_sae_per_layer)
+    return e.width == str(width).removeprefix("width_")
+
+
+def _model_matches(e: Entry, model: str | None) -> bool:
+    if model is None:
+        return True
+    return model in (e.model, e.hf_model_id, e.hf_model_id.split("/")[-1])
+
+
+def find(
+    model: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    width: int | str | None = None,
+    l0: float | str | None = None,
+    kind: str | None = None,
+    release: str | None = None,
+    include_aliases: bool = False,
+) -> list[Entry]:
+    """Filter the registry. ``l0`` is a number (exact) or a GS2 label (small/medium/big).
+
+    Example:
+        >>> from sae_lens_gemmascope import registry
+        >>> hits = registry.find(model="gemma-2-2b", site="resid_post", layer=20, width="16k")
+        >>> sorted(e.l0 for e in hits)
+        [11, 20, 38, 71, 139, 294]
+    """
+    pool = entries(release) if release else iter_entries(include_aliases)
+    out = []
+    for e in pool:
+        if not include_aliases and e.alias_of is not None:
+            continue
+        if site is not None and e.site != site:
+            continue
+        if kind is not None and e.kind != kind:
+            continue
+        if layer is not None and layer not in e.layers:
+            continue
+        if not _model_matches(e, model) or not _width_matches(e, width):
+            continue
+        if l0 is not None:
+            if isinstance(l0, str):
+                if e.l0_label != l0:
+                    continue
+            elif e.l0 != l0:
+                continue
+        out.append(e)
+    return out
+
+
+def nearest(
+    target_l0: float,
+    model: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    width: int | str | None = None,
+    kind: str | None = None,
+    release: str | None = None,
+) -> Entry:
+    """The entry whose L0 is closest to ``target_l0`` among those matching the filters.
+
+    Example:
+        >>> from sae_lens_gemmascope import registry
+        >>> registry.nearest(100, model="gemma-2-2b", site="resid_post", layer=20, width="16k").sae_id
+        'layer_20/width_16k/average_l0_71'
+    """
+    hits = find(model=model, site=site, layer=layer, width=width, kind=kind, release=release)
+    if not hits:
+        raise UnknownSaeIdError(
+            f"No artifact matches model={model!r} site={site!r} layer={layer!r} width={width!r} "
+            f"kind={kind!r} release={release!r}. Relax a filter or run `gemmascope search`."
+        )
+    return min(hits, key=lambda e: (abs(e.l0 - target_l0), -e.l0, e.release, e.sae_id))
+
+
+def search(text: str, limit: int = 50) -> list[Entry]:
+    """Entries whose release, sae_id, path, repo, model or Neuronpedia id contain every word of ``text``."""
+    words = text.lower().split()
+    out = []
+    for e in iter_entries():
+        hay = " ".join(
+            [e.release, e.sae_id, e.path, e.repo_id, e.model, e.kind, e.site, e.neuronpedia_id or ""]
+        ).lower()
+        if all(w in hay for w in words):
+            out.append(e)
+            if len(out) >= limit:
+                break
+    return out
