@@ -355,8 +355,29 @@ def render_index(index: dict[str, Any]) -> dict[str, str]:
     """File name -> text, exactly as written to ``_index/``."""
     files = {"manifest.json": _dumps(index["manifest"])}
     for rel, entries in index["releases"].items():
-        files[f"{rel}.json"] = _dumps(entries)
+        files[f"{rel}.json"] = _dumps(pack_shard(entries))
     return files
+
+
+SHARD_COMMON = ("release", "repo_id", "model", "hf_model_id", "generation", "format")
+
+
+def pack_shard(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Columnar form of one release: fields shared by every entry once, then one row per entry."""
+    common = {k: entries[0][k] for k in SHARD_COMMON}
+    for e in entries:
+        assert all(e[k] == common[k] for k in SHARD_COMMON), e["sae_id"]
+    columns = sorted({k for e in entries for k in e} - set(SHARD_COMMON))
+    columns.remove("sae_id")
+    columns.insert(0, "sae_id")
+    rows = [[e.get(c) for c in columns] for e in entries]
+    return {"common": common, "columns": columns, "rows": rows}
+
+
+def unpack_shard(shard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Inverse of :func:`pack_shard`."""
+    cols = shard["columns"]
+    return [{**shard["common"], **dict(zip(cols, row))} for row in shard["rows"]]
 
 
 def compile_index(out_dir: Path | None = None, directory: Path | None = None) -> dict[str, str]:

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -158,11 +158,36 @@ def _manifest() -> dict[str, Any]:
         return json.load(fh)
 
 
+class _Shard(Mapping[str, Entry]):
+    """One release's entries; rows become :class:`Entry` objects only when asked for."""
+
+    def __init__(self, packed: dict[str, Any]) -> None:
+        self._common = packed["common"]
+        self._cols = packed["columns"]
+        self._rows = {row[0]: row for row in packed["rows"]}
+        self._made: dict[str, Entry] = {}
+
+    def __getitem__(self, sae_id: str) -> Entry:
+        e = self._made.get(sae_id)
+        if e is None:
+            rec = {**self._common, **dict(zip(self._cols, self._rows[sae_id]))}
+            e = self._made[sae_id] = Entry.from_record(rec)
+        return e
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sae_id: object) -> bool:
+        return sae_id in self._rows
+
+
 @lru_cache(maxsize=None)
-def _shard(release: str) -> dict[str, Entry]:
+def _shard(release: str) -> _Shard:
     with open(INDEX_DIR / f"{release}.json", encoding="utf-8") as fh:
-        recs = json.load(fh)
-    return {r["sae_id"]: Entry.from_record(r) for r in recs}
+        return _Shard(json.load(fh))
 
 
 def releases() -> list[str]:
@@ -230,9 +255,10 @@ def get(release: str, sae_id: str) -> Entry:
     shard = _shard(release)
     if sae_id in shard:
         return shard[sae_id]
-    for e in shard.values():
-        if e.path == sae_id and e.alias_of is None:
-            return e
+    path_col = shard._cols.index("path")
+    for sid, row in shard._rows.items():
+        if row[path_col] == sae_id and sid != sae_id and "/canonical" not in sid:
+            return shard[sid]
     near = close_matches(sae_id, shard)
     hint = f" Close matches: {', '.join(near)}." if near else f" It has {len(shard)} ids, e.g. {next(iter(shard))}."
     raise UnknownSaeIdError(
