@@ -127,12 +127,12 @@ def expand_gs1(doc: dict[str, Any], models: dict[str, Any]) -> list[dict[str, An
                 np_id = None
                 np_layer = "embedding" if is_emb else str(layer)
                 plain = f"{m['neuronpedia_model']}/{np_layer}-{np_source}-{wtok}"
-                if rule == "canonical" and is_canon and lw not in without_id:
-                    np_id = plain
-                elif rule == "lowest_l0" and l0 == lowest:
-                    np_id = plain
-                elif l0 in sweeps.get(lw, ()):
+                # a listed sweep source wins in the full release; the canonical alias keeps the plain id
+                canon_id = plain if (rule == "canonical" and is_canon and lw not in without_id) else None
+                if l0 in sweeps.get(lw, ()):
                     np_id = f"{plain}__l0-{l0}"
+                elif canon_id or (rule == "lowest_l0" and l0 == lowest):
+                    np_id = plain
                 kind = doc["kind"]
                 hin, hout = hook_sites(site, kind, 1)
                 e = {
@@ -167,6 +167,7 @@ def expand_gs1(doc: dict[str, Any], models: dict[str, Any]) -> list[dict[str, An
                             "release": doc["canonical_release"],
                             "sae_id": f"{layer_key}/{width_key}/canonical",
                             "alias_of": [doc["release"], path],
+                            "neuronpedia_id": canon_id,
                         }
                     )
     return out + aliases
