@@ -3,7 +3,7 @@
 Example:
     >>> from sae_lens_gemmascope.cli import main
     >>> main(["show", "gemma-scope-2-1b-pt-transcoders", "transcoder/layer_13_width_262k_l0_medium"])  # doctest: +ELLIPSIS
-    release        gemma-scope-2-1b-pt-transcoders
+    release       gemma-scope-2-1b-pt-transcoders
     ...
     0
 """
@@ -35,6 +35,14 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _files_summary(files: tuple[str, ...]) -> str:
+    layered = [f for f in files if f.startswith("params_layer_")]
+    if len(layered) > 4:
+        rest = [f for f in files if f not in layered]
+        return ", ".join([*rest, f"params_layer_{{0..{len(layered) - 1}}}.safetensors"])
+    return ", ".join(files)
+
+
 def _snippet(e: registry.Entry) -> str:
     if e.kind == "clt":
         return (
@@ -62,7 +70,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("sae_id", e.sae_id),
         ("repo", e.repo_id),
         ("path", e.path + ("  (canonical alias of " + "/".join(e.alias_of) + ")" if e.alias_of else "")),
-        ("files", ", ".join(e.files)),
+        ("files", _files_summary(e.files)),
         ("kind", e.kind),
         ("site", e.site),
         ("model", f"{e.hf_model_id} ({e.model})"),

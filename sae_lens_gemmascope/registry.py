@@ -305,7 +305,7 @@ def find(
         >>> from sae_lens_gemmascope import registry
         >>> hits = registry.find(model="gemma-2-2b", site="resid_post", layer=20, width="16k")
         >>> sorted(e.l0 for e in hits)
-        [11, 20, 38, 71, 139, 294]
+        [22, 38, 71, 139, 294]
     """
     pool = entries(release) if release else iter_entries(include_aliases)
     out = []
