@@ -43,8 +43,9 @@ def test_counts_per_family() -> None:
             c["multi"] += 1
         else:
             c["gs2"] += 1
-    assert c["gs1"] == 2556
-    assert c["gs1_transcoders"] == 152
+    # the reference inventories' 2556 GS1 folders (152 transcoders) + 10 transcoders evidenced since
+    assert c["gs1"] == 2556 + 10
+    assert c["gs1_transcoders"] == 152 + 10
     assert c["gs2"] == 9504
     assert c["multi"] == 18
 
@@ -60,7 +61,7 @@ def test_counts_per_repo() -> None:
         "google/gemma-scope-9b-pt-att": 492,
         "google/gemma-scope-9b-it-res": 30,
         "google/gemma-scope-27b-pt-res": 18,
-        "google/gemma-scope-2b-pt-transcoders": 152,
+        "google/gemma-scope-2b-pt-transcoders": 162,
         # 270m: 18 layers; 72*3 + 144 + 52 + 36*2 + 72 (+ CLT/crosscoder)
         "google/gemma-scope-2-270m-pt": 72 * 3 + 144 + 52 + 72 + 72 + 3,
         "google/gemma-scope-2-270m-it": 72 * 3 + 144 + 52 + 72 + 72,
@@ -98,7 +99,14 @@ def test_every_reference_folder_is_enumerated() -> None:
                 want |= {(repo, e["path"]) for e in f or [] if "?" not in e["path"]}
     have = {(e.repo_id, e.path) for e in registry.iter_entries()}
     assert want - have == set()
-    assert have - want == set()
+    # transcoder folders evidenced after the inventories were compiled (see the listing notes in the YAML)
+    added = {12: [18, 60, 111, 204, 359, 604], 16: [87], 17: [112], 19: [89], 21: [102]}
+    extra = {
+        ("google/gemma-scope-2b-pt-transcoders", f"layer_{layer}/width_16k/average_l0_{l0}")
+        for layer, l0s in added.items()
+        for l0 in l0s
+    }
+    assert have - want == extra
 
 
 def test_saelens_back_compat(saelens_gs: dict) -> None:
