@@ -39,7 +39,6 @@ GS2_FOLDER_RE = re.compile(
 )
 
 
-
 def hook_sites(site: str, kind: str, generation: int) -> tuple[str, str]:
     """Map a registry site to the hook-table sites of the artifact's input and output."""
     if kind in ("transcoder", "skip_transcoder", "clt"):
@@ -213,12 +212,7 @@ def expand_gs2(doc: dict[str, Any], models: dict[str, Any]) -> list[dict[str, An
             if np_cfg:
                 sel = label + ("_affine" if aff else "")
                 wl = (np_cfg.get("widths") or {}).get(wtok)
-                if (
-                    sel == np_cfg["l0"]
-                    and not mt["seed"]
-                    and wl is not None
-                    and (wl == "all" or layer in wl)
-                ):
+                if sel == np_cfg["l0"] and not mt["seed"] and wl is not None and (wl == "all" or layer in wl):
                     np_id = f"{m['neuronpedia_model']}/{layer}-{np_cfg['source']}-{wtok}"
             hin, hout = hook_sites(site, kind, 2)
             files = ["config.json", "params.safetensors"]
@@ -293,9 +287,7 @@ def _expand_multilayer(
     return out
 
 
-def expand_all(
-    models: dict[str, Any], docs: dict[str, dict[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
+def expand_all(models: dict[str, Any], docs: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Expand every repo document. Returns {file name: entries}."""
     result: dict[str, list[dict[str, Any]]] = {}
     for fname, doc in docs.items():
@@ -378,7 +370,7 @@ def pack_shard(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def unpack_shard(shard: dict[str, Any]) -> list[dict[str, Any]]:
     """Inverse of :func:`pack_shard`."""
     cols = shard["columns"]
-    return [{**shard["common"], **dict(zip(cols, row))} for row in shard["rows"]]
+    return [{**shard["common"], **dict(zip(cols, row, strict=True))} for row in shard["rows"]]
 
 
 def compile_index(out_dir: Path | None = None, directory: Path | None = None) -> dict[str, str]:

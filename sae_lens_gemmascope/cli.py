@@ -28,10 +28,10 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
 
 
@@ -57,7 +57,7 @@ def _snippet(e: registry.Entry) -> str:
     return (
         "import sae_lens_gemmascope  # registers the releases with SAELens\n"
         "from sae_lens import SAE\n"
-        f"sae = SAE.from_pretrained({e.release!r}, {e.sae_id!r}, device=\"cpu\")"
+        f'sae = SAE.from_pretrained({e.release!r}, {e.sae_id!r}, device="cpu")'
     )
 
 
@@ -75,7 +75,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("site", e.site),
         ("model", f"{e.hf_model_id} ({e.model})"),
         ("layer(s)", e.layer if e.layer is not None else (", ".join(map(str, e.layers)) or "embedding")),
-        ("width", f"{e.width} = {e.d_sae} latents" + (f" ({e.d_sae_per_layer} per layer)" if e.d_sae_per_layer else "")),
+        (
+            "width",
+            f"{e.width} = {e.d_sae} latents"
+            + (f" ({e.d_sae_per_layer} per layer)" if e.d_sae_per_layer else ""),
+        ),
         ("d_in / d_out", f"{e.d_in} / {e.d_out}"),
         (
             "L0",
@@ -91,7 +95,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         hin = hook_for(e.model, e.hook_site_in, e.layer)
         hout = hook_for(e.model, e.hook_site_out, e.layer)
         hf_in = hook_for(e.model, e.hook_site_in, e.layer, backend="hf")
-        facts.append(("TL hook in", f"{hin.hook_name}" + (f" (reshape {hin.reshape})" if hin.reshape != "none" else "")))
+        facts.append(
+            (
+                "TL hook in",
+                f"{hin.hook_name}" + (f" (reshape {hin.reshape})" if hin.reshape != "none" else ""),
+            )
+        )
         if hout.hook_name != hin.hook_name:
             facts.append(("TL hook out", hout.hook_name))
         if hin.requires:
@@ -120,7 +129,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for rel in registry.releases():
             info = registry.release_info(rel)
-            rows.append([rel, info["repo_id"], info["hf_model_id"], "/".join(info["kinds"]), str(info["count"])])
+            rows.append(
+                [rel, info["repo_id"], info["hf_model_id"], "/".join(info["kinds"]), str(info["count"])]
+            )
         print(_table(rows, ["release", "repo", "model", "kinds", "ids"]))
         total = sum(int(r[4]) for r in rows)
         print(f"\n{len(rows)} releases, {total} ids")
@@ -135,7 +146,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(_table([[k, str(v)] for k, v in counts.items()], ["release", "ids"]))
     else:
         rows = [
-            [e.release, e.sae_id, e.kind, str(e.layer if e.layer is not None else "-"), e.width or "-", str(e.l0), e.status]
+            [
+                e.release,
+                e.sae_id,
+                e.kind,
+                str(e.layer if e.layer is not None else "-"),
+                e.width or "-",
+                str(e.l0),
+                e.status,
+            ]
             for e in hits[: args.limit]
         ]
         print(_table(rows, ["release", "sae_id", "kind", "layer", "width", "L0", "evidence"]))
@@ -165,7 +184,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if violations:
         print(f"\n{len(violations)} violation(s)", file=sys.stderr)
         return 1
-    n = sum(registry.release_info(r)["count"] for r in registry.releases()) if args.registry_dir is None else None
+    n = (
+        sum(registry.release_info(r)["count"] for r in registry.releases())
+        if args.registry_dir is None
+        else None
+    )
     print("registry OK" + (f": {len(registry.releases())} releases, {n} ids" if n else ""))
     return 0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 from ._paths import INDEX_DIR
@@ -170,7 +170,7 @@ class _Shard(Mapping[str, Entry]):
     def __getitem__(self, sae_id: str) -> Entry:
         e = self._made.get(sae_id)
         if e is None:
-            rec = {**self._common, **dict(zip(self._cols, self._rows[sae_id]))}
+            rec = {**self._common, **dict(zip(self._cols, self._rows[sae_id], strict=True))}
             e = self._made[sae_id] = Entry.from_record(rec)
         return e
 
@@ -184,7 +184,7 @@ class _Shard(Mapping[str, Entry]):
         return sae_id in self._rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shard(release: str) -> _Shard:
     with open(INDEX_DIR / f"{release}.json", encoding="utf-8") as fh:
         return _Shard(json.load(fh))
@@ -260,10 +260,13 @@ def get(release: str, sae_id: str) -> Entry:
         if row[path_col] == sae_id and sid != sae_id and "/canonical" not in sid:
             return shard[sid]
     near = close_matches(sae_id, shard)
-    hint = f" Close matches: {', '.join(near)}." if near else f" It has {len(shard)} ids, e.g. {next(iter(shard))}."
+    hint = (
+        f" Close matches: {', '.join(near)}."
+        if near
+        else f" It has {len(shard)} ids, e.g. {next(iter(shard))}."
+    )
     raise UnknownSaeIdError(
-        f"Release {release!r} has no sae_id {sae_id!r}.{hint} "
-        f"See `gemmascope list --release {release}`."
+        f"Release {release!r} has no sae_id {sae_id!r}.{hint} See `gemmascope list --release {release}`."
     )
 
 

@@ -91,16 +91,24 @@ def _semantic(
         is_it_repo = repo.endswith("-it") or "-it-" in repo
         if is_it_repo != (model["variant"] == "it"):
             v.append(
-                Violation(fname, "model", "it-model", f"{repo} is trained on {doc['model']} ({model['variant']})")
+                Violation(
+                    fname, "model", "it-model", f"{repo} is trained on {doc['model']} ({model['variant']})"
+                )
             )
         want_sl = model["hf_id"] if doc["generation"] == 2 else doc["model"]
         if doc.get("saelens_model") != want_sl:
             v.append(
-                Violation(fname, "saelens_model", "model", f"is {doc.get('saelens_model')!r}, expected {want_sl!r}")
+                Violation(
+                    fname, "saelens_model", "model", f"is {doc.get('saelens_model')!r}, expected {want_sl!r}"
+                )
             )
         size = re.search(r"gemma-scope-(?:2-)?([0-9]+[mb])", repo)
         if size and f"-{size.group(1)}" not in model["hf_id"]:
-            v.append(Violation(fname, "model", "model", f"{repo} names size {size.group(1)}, model is {model['hf_id']}"))
+            v.append(
+                Violation(
+                    fname, "model", "model", f"{repo} names size {size.group(1)}, model is {model['hf_id']}"
+                )
+            )
         for e in entries:
             key = (e["release"], e["sae_id"])
             where = f"{e['release']}/{e['sae_id']}"
@@ -109,7 +117,9 @@ def _semantic(
             seen_ids[key] = fname
             if release_file.setdefault(e["release"], fname) != fname:
                 v.append(
-                    Violation(fname, where, "unique-ids", f"release also defined in {release_file[e['release']]}")
+                    Violation(
+                        fname, where, "unique-ids", f"release also defined in {release_file[e['release']]}"
+                    )
                 )
             v.extend(_check_entry(fname, where, e, model))
             npid = e.get("neuronpedia_id")
@@ -132,14 +142,18 @@ def _check_entry(fname: str, where: str, e: dict[str, Any], model: dict[str, Any
     for layer in e["layers"]:
         if not 0 <= layer < n_layers:
             v.append(Violation(fname, where, "dims", f"layer {layer} outside 0..{n_layers - 1}"))
-    want_d_in = int(model["n_heads"]) * int(model["d_head"]) if e["site"] == "attn_out" else int(model["d_model"])
+    want_d_in = (
+        int(model["n_heads"]) * int(model["d_head"]) if e["site"] == "attn_out" else int(model["d_model"])
+    )
     if e["d_in"] != want_d_in:
         v.append(Violation(fname, where, "dims", f"d_in {e['d_in']} != {want_d_in} for site {e['site']}"))
     if e["generation"] == 1:
         lk = "embedding" if e["layer"] is None else f"layer_{e['layer']}"
         want = f"{lk}/width_{e['width']}/average_l0_{e['l0']}"
         if path != want:
-            v.append(Violation(fname, where, "path", f"path {path!r} != {want!r} derived from layer/width/L0"))
+            v.append(
+                Violation(fname, where, "path", f"path {path!r} != {want!r} derived from layer/width/L0")
+            )
         if C.WIDTH_TOKENS.get(e["width"]) != e["d_sae"]:
             v.append(Violation(fname, where, "dims", f"width {e['width']} != d_sae {e['d_sae']}"))
     elif e["kind"] in ("clt", "crosscoder"):
@@ -152,11 +166,16 @@ def _check_entry(fname: str, where: str, e: dict[str, Any], model: dict[str, Any
             )
         if e["kind"] == "crosscoder":
             want_layers = list(model.get("subset_layers") or [])
-            name_layers = [int(x) for x in re.match(r"layer_([\d_]+?)_width", e["sae_id"]).group(1).split("_")]  # type: ignore[union-attr]
+            name_layers = [
+                int(x) for x in re.match(r"layer_([\d_]+?)_width", e["sae_id"]).group(1).split("_")
+            ]  # type: ignore[union-attr]
             if e["layers"] != want_layers or name_layers != want_layers:
                 v.append(
                     Violation(
-                        fname, where, "dims", f"layers {e['layers']} / name {name_layers} != model subset {want_layers}"
+                        fname,
+                        where,
+                        "dims",
+                        f"layers {e['layers']} / name {name_layers} != model subset {want_layers}",
                     )
                 )
             if C.WIDTH_TOKENS.get(e["width"] or "") != e["d_sae"]:
@@ -166,17 +185,28 @@ def _check_entry(fname: str, where: str, e: dict[str, Any], model: dict[str, Any
         if e["l0"] != MULTILAYER_L0.get(e["l0_label"]):
             v.append(
                 Violation(
-                    fname, where, "l0-formula", f"l0 {e['l0']} != documented {e['l0_label']} target"
-                    f" {MULTILAYER_L0.get(e['l0_label'])}"
+                    fname,
+                    where,
+                    "l0-formula",
+                    f"l0 {e['l0']} != documented {e['l0_label']} target {MULTILAYER_L0.get(e['l0_label'])}",
                 )
             )
     else:
         folder = path.split("/", 1)[1]
         m = C.GS2_FOLDER_RE.match(folder)
-        if m is None or int(m["layer"]) != e["layer"] or m["width"] != e["width"] or m["label"] != e["l0_label"]:
-            v.append(Violation(fname, where, "path", f"folder {folder!r} disagrees with layer/width/L0 label"))
+        if (
+            m is None
+            or int(m["layer"]) != e["layer"]
+            or m["width"] != e["width"]
+            or m["label"] != e["l0_label"]
+        ):
+            v.append(
+                Violation(fname, where, "path", f"folder {folder!r} disagrees with layer/width/L0 label")
+            )
         elif bool(m["affine"]) != e["affine"]:
-            v.append(Violation(fname, where, "path", f"folder {folder!r} disagrees with affine={e['affine']}"))
+            v.append(
+                Violation(fname, where, "path", f"folder {folder!r} disagrees with affine={e['affine']}")
+            )
         if C.WIDTH_TOKENS.get(e["width"]) != e["d_sae"]:
             v.append(Violation(fname, where, "dims", f"width {e['width']} != d_sae {e['d_sae']}"))
     return v
@@ -199,25 +229,40 @@ def _check_doc_refs(
         for lw, pick in ties.items():
             l0s = pairs.get(lw)
             if l0s is None or pick not in l0s:
-                v.append(Violation(fname, f"canonical_ties/{lw}", "references", f"{pick} is not an L0 of {lw}"))
+                v.append(
+                    Violation(fname, f"canonical_ties/{lw}", "references", f"{pick} is not an L0 of {lw}")
+                )
             elif abs(pick - 100) != min(abs(x - 100) for x in l0s):
-                v.append(Violation(fname, f"canonical_ties/{lw}", "canonical", f"{pick} is not closest to 100"))
+                v.append(
+                    Violation(fname, f"canonical_ties/{lw}", "canonical", f"{pick} is not closest to 100")
+                )
         for e in entries:
             if e["alias_of"] is not None:
                 lw = e["sae_id"].rsplit("/", 1)[0]
                 best = min(abs(x - 100) for x in pairs[lw])
                 if abs(e["l0"] - 100) != best:
                     v.append(
-                        Violation(fname, f"{e['release']}/{e['sae_id']}", "canonical", f"L0 {e['l0']} is not closest to 100")
+                        Violation(
+                            fname,
+                            f"{e['release']}/{e['sae_id']}",
+                            "canonical",
+                            f"L0 {e['l0']} is not closest to 100",
+                        )
                     )
         np_cfg = doc.get("neuronpedia") or {}
         for lw in np_cfg.get("canonical_without_id") or []:
             if lw not in pairs:
-                v.append(Violation(fname, f"neuronpedia/canonical_without_id/{lw}", "references", "names no folder"))
+                v.append(
+                    Violation(
+                        fname, f"neuronpedia/canonical_without_id/{lw}", "references", "names no folder"
+                    )
+                )
         for lw, l0s in (np_cfg.get("sweeps") or {}).items():
             if lw not in pairs or not set(l0s) <= set(pairs[lw]):
                 v.append(
-                    Violation(fname, f"neuronpedia/sweeps/{lw}", "references", f"{l0s} are not all folders of {lw}")
+                    Violation(
+                        fname, f"neuronpedia/sweeps/{lw}", "references", f"{l0s} are not all folders of {lw}"
+                    )
                 )
         return v
     for fam, f in doc["families"].items():
@@ -226,19 +271,32 @@ def _check_doc_refs(
         grid = GS2_L0_TARGETS[f["layers"]]
         if f["l0_targets"] != grid:
             v.append(
-                Violation(fname, f"families/{fam}/l0_targets", "l0-formula", f"{f['l0_targets']} != documented {grid}")
+                Violation(
+                    fname,
+                    f"families/{fam}/l0_targets",
+                    "l0-formula",
+                    f"{f['l0_targets']} != documented {grid}",
+                )
             )
         names = {e["path"].split("/", 1)[1] for e in entries if e["path"].startswith(fam + "/")}
         for name in f.get("status_exceptions") or {}:
             if name not in names:
-                v.append(Violation(fname, f"families/{fam}/status_exceptions/{name}", "references", "names no folder"))
+                v.append(
+                    Violation(
+                        fname, f"families/{fam}/status_exceptions/{name}", "references", "names no folder"
+                    )
+                )
         extras = f.get("extra_folders") or []
         if len(set(extras)) != len(extras):
             v.append(Violation(fname, f"families/{fam}/extra_folders", "unique-ids", "duplicate folder"))
         np_cfg = f.get("neuronpedia") or {}
         for w in np_cfg.get("widths") or {}:
             if w not in f["widths"]:
-                v.append(Violation(fname, f"families/{fam}/neuronpedia/widths/{w}", "references", "width not in grid"))
+                v.append(
+                    Violation(
+                        fname, f"families/{fam}/neuronpedia/widths/{w}", "references", "width not in grid"
+                    )
+                )
     return v
 
 
@@ -249,7 +307,9 @@ def validate(directory: Path | str | None = None) -> list[Violation]:
     try:
         models, docs = C.load_yaml_docs(d)
     except Exception as exc:  # YAML syntax errors
-        return [Violation(getattr(exc, "filename", None) or str(d), "(file)", "schema", f"cannot parse: {exc}")]
+        return [
+            Violation(getattr(exc, "filename", None) or str(d), "(file)", "schema", f"cannot parse: {exc}")
+        ]
     out = _schema_violations("models.yaml", models, schema, "models_file")
     ok_docs: dict[str, dict[str, Any]] = {}
     for fname, doc in docs.items():

@@ -77,7 +77,9 @@ def test_counts_per_repo() -> None:
     assert dict(per_repo) == expected
 
 
-@pytest.mark.skipif(not (REFERENCE / "gs1-inventory.json").exists(), reason="reference inventories not present")
+@pytest.mark.skipif(
+    not (REFERENCE / "gs1-inventory.json").exists(), reason="reference inventories not present"
+)
 def test_every_reference_folder_is_enumerated() -> None:
     gs1 = json.loads((REFERENCE / "gs1-inventory.json").read_text())["inventory"]
     want = set()
@@ -171,7 +173,10 @@ def test_metadata_fixes_over_saelens(saelens_gs: dict) -> None:
         == "gemma-2-9b/20-gemmascope-res-131k"
     )
     # 270m has no -pt on the hub
-    assert registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium").hf_model_id == "google/gemma-3-270m"
+    assert (
+        registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium").hf_model_id
+        == "google/gemma-3-270m"
+    )
 
 
 def test_neuronpedia_ids_match_saelens_where_saelens_is_right(saelens_gs: dict) -> None:
@@ -214,11 +219,28 @@ def test_multilayer_widths() -> None:
 
 def test_status_is_honest() -> None:
     assert registry.get("gemma-scope-2-27b-pt-att-all", "layer_0_width_16k_l0_small").status == "expected"
-    assert registry.get("gemma-scope-2-27b-pt-transcoders", "transcoder/layer_31_width_262k_l0_small").status == "observed"
-    assert registry.get("gemma-scope-2-27b-pt-transcoders", "transcoder/layer_31_width_262k_l0_big").status == "expected"
-    assert registry.get("gemma-scope-2-270m-pt-transcoders", "transcoder/layer_9_width_16k_l0_small_affine").status == "observed"
-    assert registry.get("gemma-scope-2-27b-pt-transcoders-all", "layer_4_width_16k_l0_small").status == "expected"
-    assert registry.get("gemma-scope-2-27b-it-transcoders-all", "layer_4_width_16k_l0_small").status == "observed"
+    assert (
+        registry.get("gemma-scope-2-27b-pt-transcoders", "transcoder/layer_31_width_262k_l0_small").status
+        == "observed"
+    )
+    assert (
+        registry.get("gemma-scope-2-27b-pt-transcoders", "transcoder/layer_31_width_262k_l0_big").status
+        == "expected"
+    )
+    assert (
+        registry.get(
+            "gemma-scope-2-270m-pt-transcoders", "transcoder/layer_9_width_16k_l0_small_affine"
+        ).status
+        == "observed"
+    )
+    assert (
+        registry.get("gemma-scope-2-27b-pt-transcoders-all", "layer_4_width_16k_l0_small").status
+        == "expected"
+    )
+    assert (
+        registry.get("gemma-scope-2-27b-it-transcoders-all", "layer_4_width_16k_l0_small").status
+        == "observed"
+    )
 
 
 def test_lookup_api_and_errors() -> None:

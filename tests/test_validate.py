@@ -39,18 +39,31 @@ CASES: list[tuple[str, Callable[[Path], None], str, str]] = [
     ),
     (
         "dup-release",
-        _edit("gemma-scope-2-1b-it.yaml", "release: gemma-scope-2-1b-it-res-all", "release: gemma-scope-2-1b-pt-res-all"),
+        _edit(
+            "gemma-scope-2-1b-it.yaml",
+            "release: gemma-scope-2-1b-it-res-all",
+            "release: gemma-scope-2-1b-pt-res-all",
+        ),
         "unique-ids",
         GS2,  # the second file to define the release is the one reported
     ),
     ("layer-range", _edit(GS1, "  layer_25: {", "  layer_26: {"), "dims", GS1),
     (
         "l0-formula",
-        _edit(GS2, "l0_targets: {small: [10, 20], big: [60, 120]}", "l0_targets: {small: [10, 20], big: [60, 130]}"),
+        _edit(
+            GS2,
+            "l0_targets: {small: [10, 20], big: [60, 120]}",
+            "l0_targets: {small: [10, 20], big: [60, 130]}",
+        ),
         "l0-formula",
         GS2,
     ),
-    ("it-model", _edit("gemma-scope-2-1b-it.yaml", "model: gemma-3-1b-it\n", "model: gemma-3-1b-pt\n"), "it-model", "gemma-scope-2-1b-it.yaml"),
+    (
+        "it-model",
+        _edit("gemma-scope-2-1b-it.yaml", "model: gemma-3-1b-it\n", "model: gemma-3-1b-pt\n"),
+        "it-model",
+        "gemma-scope-2-1b-it.yaml",
+    ),
     (
         "canonical-tie",
         _edit("gemma-scope-9b-pt-att.yaml", "layer_23/width_131k: 66", "layer_23/width_131k: 36"),
@@ -75,11 +88,20 @@ CASES: list[tuple[str, Callable[[Path], None], str, str]] = [
     ),
     (
         "clt-width",
-        _edit(GS2, "        width: 262080\n        width_per_layer: 10080\n", "        width: 262144\n        width_per_layer: 10080\n"),
+        _edit(
+            GS2,
+            "        width: 262080\n        width_per_layer: 10080\n",
+            "        width: 262144\n        width_per_layer: 10080\n",
+        ),
         "dims",
         GS2,
     ),
-    ("saelens-model", _edit(GS2, "saelens_model: google/gemma-3-1b-pt", "saelens_model: gemma-3-1b"), "model", GS2),
+    (
+        "saelens-model",
+        _edit(GS2, "saelens_model: google/gemma-3-1b-pt", "saelens_model: gemma-3-1b"),
+        "model",
+        GS2,
+    ),
 ]
 
 
@@ -114,7 +136,9 @@ def test_mutation_is_caught(case: tuple, reg_copy: Path) -> None:
 
 def test_path_rule_on_expanded_entries(reg_copy: Path) -> None:
     # an extra folder whose name does not parse as a GS2 folder
-    _edit(GS2, "      - layer_7_width_262k_l0_medium_seed_1\n", "      - layer_7_width_262k_l0_huge\n")(reg_copy)
+    _edit(GS2, "      - layer_7_width_262k_l0_medium_seed_1\n", "      - layer_7_width_262k_l0_huge\n")(
+        reg_copy
+    )
     violations = validate(reg_copy)
     assert [v.rule for v in violations] == ["path"]
     assert "layer_7_width_262k_l0_huge" in violations[0].message
