@@ -1,0 +1,657 @@
+"""Attach a Gemma Scope SAE or transcoder to a model: splice, cache features, steer, ablate.
+
+Works with SAELens SAE objects (``JumpReLUSAE``, ``JumpReLUTranscoder``, ``JumpReLUSkipTranscoder``,
+as returned by ``sae_lens_gemmascope.load``) on three backends: a TransformerLens
+``HookedTransformer`` (or ``HookedSAETransformer``), a ``TransformerBridge``, or a plain Hugging Face
+Gemma model (torch forward hooks). Every helper is a context manager; hooks are removed on exit.
+
+* :func:`splice` replaces the activation at the SAE's *output* site with its reconstruction
+  (transcoders: ``decode(encode(input)) (+ skip)`` written over ``mlp_out``). With
+  ``use_error_term=True`` the error ``act - recon`` is added back (detached), so the model output
+  is unchanged while gradients flow through the features (attribution).
+* :func:`cache_features` records the feature activations of the *input* site (no change to the model).
+* :func:`steer` adds ``alpha * W_dec[feature]`` at the output site.
+* :func:`ablate` removes one feature's contribution and keeps the error term, so nothing else changes.
+
+The sites come from the registry ``entry=`` when given, else from the SAE's
+``cfg.metadata.hook_name`` / ``hook_name_out`` and ``model_name`` (see :mod:`sae_lens_gemmascope.hooks`).
+Silent mistakes are refused or flagged:
+
+* a GS2 transcoder / CLT input on a model whose norms were folded (``fold_ln``) raises
+  :class:`~sae_lens_gemmascope.errors.HookMappingError` (:func:`check_processing`);
+* a PT SAE on an IT model, or the reverse, warns (:func:`check_model_match`);
+* GS2 transcoders of **IT** models were not trained on the chat prefix ``<bos><start_of_turn>user\\n``
+  (ids 2, 105, 2364, 107): their features are zeroed on the first 4 positions and the original
+  activation is kept there; a prompt that does not start with the prefix warns.
+
+Example (tiny random model; ``tests/test_attach.py`` has the numbers):
+    >>> import torch
+    >>> from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens
+    >>> from sae_lens_gemmascope.attach import splice, random_sae
+    >>> hf, facts = tiny_gemma("gemma3_text")
+    >>> sae = random_sae("gemma-3-270m", "resid_post", 2, d_in=facts.d_model, d_sae=32)
+    >>> toks = tiny_tokens()
+    >>> with torch.no_grad():
+    ...     ref = hf(toks).logits
+    ...     with splice(hf, sae, use_error_term=True) as st:
+    ...         out = hf(toks).logits
+    >>> bool((out - ref).abs().max() < 1e-5), tuple(st.features.shape)
+    (True, (2, 16, 32))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import GemmaScopeError, HookMappingError
+from .hooks import GAIN_SITES, HOOK_TABLES, SiteRow, ensure_mlp_hook_in, hook_for, site_of_hook
+from .models import ModelFacts, get_model
+
+__all__ = [
+    "AttachState",
+    "FeatureCache",
+    "PromptWarning",
+    "ModelMismatchWarning",
+    "ablate",
+    "backend_of",
+    "cache_features",
+    "check_model_match",
+    "check_processing",
+    "is_folded",
+    "random_sae",
+    "resolve_sites",
+    "splice",
+    "steer",
+]
+
+
+class ModelMismatchWarning(UserWarning):
+    """The SAE was trained on a different model variant (PT vs IT, or another size)."""
+
+
+class PromptWarning(UserWarning):
+    """An IT prompt does not start with the chat prefix the IT transcoders expect."""
+
+
+# ----------------------------------------------------------------------------- model inspection
+
+
+def backend_of(model: Any) -> str:
+    """``"hooked_transformer"``, ``"bridge"`` or ``"hf"`` (a Hugging Face ``PreTrainedModel``)."""
+    from transformer_lens import HookedTransformer
+
+    if isinstance(model, HookedTransformer):
+        return "hooked_transformer"
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        if isinstance(model, TransformerBridge):
+            return "bridge"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+        return "hf"
+    raise HookMappingError(
+        f"Cannot attach to a {type(model).__name__}: expected a TransformerLens HookedTransformer, a "
+        "TransformerBridge, or a Hugging Face Gemma model."
+    )
+
+
+def _hf_family(model: Any) -> str:
+    name = type(model).__name__
+    if name.startswith("Gemma2"):
+        return "gemma2"
+    if name == "Gemma3ForConditionalGeneration" or name == "Gemma3Model":
+        return "gemma3_multimodal"
+    if name.startswith("Gemma3"):
+        return "gemma3_text"
+    raise HookMappingError(f"{name} is not a Gemma 2 / Gemma 3 Hugging Face model.")
+
+
+def is_folded(model: Any) -> bool:
+    """True when the pre-MLP norm gains were folded into the MLP weights (``fold_ln``).
+
+    HookedTransformer: ``cfg.normalization_type`` ``RMSPre`` / ``ln2`` is ``RMSNormPre``.
+    TransformerBridge: compatibility mode processed the weights with ``fold_ln`` (the HF norm gains
+    are then exactly 0, i.e. a gain of 1, in every layer).
+    """
+    backend = backend_of(model)
+    if backend == "hf":
+        return False
+    if backend == "hooked_transformer":
+        norm = getattr(model.cfg, "normalization_type", None)
+        ln2 = type(getattr(model.blocks[0], "ln2", None)).__name__
+        return norm in ("RMSPre", "LNPre") or ln2 in ("RMSNormPre", "LayerNormPre")
+    processed = bool(getattr(model, "_weights_processed", False))
+    fold_req = bool(getattr(getattr(model, "adapter", None), "_fold_ln_requested", False))
+    if processed and fold_req:
+        return True
+    try:
+        ws = [b.ln2.original_component.weight for b in model.blocks]
+    except AttributeError:
+        return False
+    return all(bool((w == 0).all()) for w in ws)
+
+
+def check_processing(model: Any, sites: tuple[str, ...] | list[str] | str) -> None:
+    """Raise :class:`HookMappingError` if a site needs the pre-MLP norm gain that ``model`` folded away.
+
+    The GS2 transcoder / CLT input is ``pre_feedforward_layernorm`` output *with* its gain; under
+    ``fold_ln`` no hook carries that tensor any more, and encoding the gain-less tensor silently
+    gives wrong features.
+    """
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    bad = [s for s in sites if s in GAIN_SITES]
+    if bad and is_folded(model):
+        raise HookMappingError(
+            f"{type(model).__name__} was loaded with folded norms (fold_ln), which removes the tensor the "
+            f"{bad[0]} site needs (pre_feedforward_layernorm output including its gain). Reload it with "
+            "HookedTransformer.from_pretrained_no_processing(...) (or HookedSAETransformer."
+            "from_pretrained_no_processing), or use TransformerBridge.boot_transformers(...) without "
+            "enable_compatibility_mode() (or enable_compatibility_mode(no_processing=True))."
+        )
+
+
+def _running_model_name(model: Any) -> str | None:
+    backend = backend_of(model)
+    if backend == "hf":
+        return getattr(model.config, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    cfg = getattr(model, "cfg", None)
+    for attr in ("model_name", "tokenizer_name"):
+        v = getattr(cfg, attr, None)
+        if v:
+            return str(v)
+    return None
+
+
+def _facts_or_none(name: str | None) -> ModelFacts | None:
+    if not name:
+        return None
+    try:
+        return get_model(name)
+    except GemmaScopeError:
+        return None
+
+
+def check_model_match(model: Any, sae_model: str | None) -> None:
+    """Warn (:class:`ModelMismatchWarning`) when ``model`` is not the variant the SAE was trained on.
+
+    ``sae_model`` is the SAE's model (``sae.cfg.metadata.model_name`` or ``entry.model``). A PT SAE
+    on an IT model (or the reverse) still runs, but its features mean less; another size fails on
+    shapes anyway. Unknown model names are not checked.
+    """
+    want, have = _facts_or_none(sae_model), _facts_or_none(_running_model_name(model))
+    if want is None or have is None:
+        return
+    if want.variant != have.variant:
+        warnings.warn(
+            f"This SAE was trained on {want.key} ({want.variant.upper()}) but the model is {have.key} "
+            f"({have.variant.upper()}). Gemma Scope ships separate PT and IT releases: use the "
+            f"gemma-scope-*-{have.variant}-* release for this model, or load {want.hf_id}.",
+            ModelMismatchWarning,
+            stacklevel=3,
+        )
+    elif want.base != have.base:
+        warnings.warn(
+            f"This SAE was trained on {want.key} but the model is {have.key}.",
+            ModelMismatchWarning,
+            stacklevel=3,
+        )
+
+
+# ----------------------------------------------------------------------------- SAE sites
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Where one SAE reads and writes, resolved for a model key."""
+
+    model: str
+    site_in: str
+    site_out: str
+    layer: int | None
+    is_transcoder: bool
+    zero_prefix: int  # leading positions whose features are zeroed (IT GS2 transcoders)
+    chat_prefix: tuple[int, ...]
+
+
+def _meta(sae: Any, key: str) -> Any:
+    md = getattr(getattr(sae, "cfg", None), "metadata", None)
+    v = getattr(md, key, None) if md is not None else None
+    if v is None and isinstance(md, dict):
+        v = md.get(key)
+    return v
+
+
+def resolve_sites(sae: Any, entry: Any = None, model: str | None = None) -> Sites:
+    """The input/output sites of ``sae``, from the registry ``entry`` or the SAE's own metadata."""
+    is_tc = hasattr(sae, "W_dec") and int(getattr(sae.cfg, "d_out", sae.cfg.d_in)) != int(sae.cfg.d_in)
+    is_tc = is_tc or _meta(sae, "hook_name_out") is not None or "Transcoder" in type(sae).__name__
+    if entry is not None:
+        key = model or entry.model
+        facts = get_model(key)
+        site_in, site_out, layer = entry.hook_site_in, entry.hook_site_out, entry.layer
+        it_tc = entry.generation == 2 and entry.kind in ("transcoder", "skip_transcoder", "clt")
+    else:
+        key = model or _meta(sae, "model_name")
+        if not key:
+            raise HookMappingError(
+                "Cannot tell which model this SAE belongs to: its cfg.metadata.model_name is empty. "
+                "Pass entry=registry.get(release, sae_id) (or model='gemma-3-270m')."
+            )
+        facts = get_model(key)
+        hin = _meta(sae, "hook_name")
+        if not hin:
+            raise HookMappingError("The SAE has no cfg.metadata.hook_name; pass entry=registry.get(...).")
+        site_in, layer = site_of_hook(facts.key, hin)
+        hout = _meta(sae, "hook_name_out")
+        site_out = site_of_hook(facts.key, hout)[0] if hout else site_in
+        if site_in in ("gs2_transcoder_in", "gs1_transcoder_in") and site_out == "mlp_out":
+            site_out = "transcoder_out"
+        it_tc = site_in == "gs2_transcoder_in"
+        is_tc = is_tc or site_in != site_out
+    zero = len(facts.chat_prefix_tokens) if (it_tc and facts.variant == "it") else 0
+    return Sites(
+        facts.key, site_in, site_out, layer, is_tc or site_in != site_out, zero, facts.chat_prefix_tokens
+    )
+
+
+# ----------------------------------------------------------------------------- hook plumbing
+
+
+Fn = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+def _row(model: Any, key: str, site: str) -> SiteRow:
+    fam = _hf_family(model) if backend_of(model) == "hf" else get_model(key).family
+    return HOOK_TABLES[fam][site]  # type: ignore[index]
+
+
+def _rms_no_gain(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x64 = x.double()
+    return (x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _module(model: Any, path: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as e:
+        raise HookMappingError(
+            f"{type(model).__name__} has no module {path!r}: is this the Gemma family the SAE was trained on?"
+        ) from e
+
+
+@contextlib.contextmanager
+def _hooks(model: Any, key: str, hooks: list[tuple[str, int | None, Fn]]) -> Iterator[None]:
+    """Install ``(site, layer, fn)`` hooks: ``fn(act)`` sees the activation (flattened to 3-D) and returns
+    a replacement (same 3-D shape) or None to leave it unchanged."""
+    backend = backend_of(model)
+    if backend == "hf":
+        handles = []
+        eps = float(getattr(model.config.get_text_config(), "rms_norm_eps", 1e-6))
+        for site, layer, fn in hooks:
+            row = _row(model, key, site)
+            mod = _module(model, row.hf_module.replace("{L}", str(layer)))
+            if row.hf_transform == "rms_normalize_no_gain":
+
+                def pre(m: Any, args: tuple[Any, ...], _fn: Fn = fn) -> None:
+                    _fn(_rms_no_gain(args[0], eps))  # read-only site
+
+                handles.append(mod.register_forward_pre_hook(pre))
+            elif row.hf_io == "input":
+
+                def pre2(m: Any, args: tuple[Any, ...], _fn: Fn = fn) -> Any:
+                    new = _fn(args[0])
+                    return None if new is None else (new, *args[1:])
+
+                handles.append(mod.register_forward_pre_hook(pre2))
+            else:
+
+                def post(m: Any, args: Any, out: Any, _fn: Fn = fn) -> Any:
+                    t = out[0] if isinstance(out, tuple) else out
+                    new = _fn(t)
+                    if new is None:
+                        return None
+                    return (new, *out[1:]) if isinstance(out, tuple) else new
+
+                handles.append(mod.register_forward_hook(post))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        return
+    fwd = []
+    for site, layer, fn in hooks:
+        spec = hook_for(key, site, layer, backend)
+        if spec.extra_hooks:
+            ensure_mlp_hook_in(model)
+        name = str(spec.hook_name)
+        if name not in model.hook_dict:
+            raise HookMappingError(
+                f"{type(model).__name__} has no hook {name!r} (site {site}, layer {layer})."
+            )
+
+        def tl(act: torch.Tensor, hook: Any, _fn: Fn = fn) -> Any:
+            shape = act.shape
+            flat = act.flatten(-2) if act.ndim == 4 else act
+            new = _fn(flat)
+            return None if new is None else new.reshape(shape)
+
+        fwd.append((name, tl))
+    with model.hooks(fwd_hooks=fwd):
+        yield
+
+
+def _embedding_module(model: Any) -> torch.nn.Module | None:
+    backend = backend_of(model)
+    if backend == "hooked_transformer":
+        return model.embed
+    if backend == "bridge":
+        return getattr(model, "embed", None)
+    return model.get_input_embeddings()
+
+
+@contextlib.contextmanager
+def _track_tokens(model: Any, state: AttachState) -> Iterator[None]:
+    emb = _embedding_module(model)
+    if emb is None:
+        yield
+        return
+
+    def pre(m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = args[0] if args else kwargs.get("input_ids", kwargs.get("input"))
+        if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
+            state.tokens = ids
+            state._check_prefix()
+
+    h = emb.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class FeatureCache(dict):
+    """Feature activations ``[batch, pos, d_sae]`` of the last forward pass, keyed like SAELens'
+    ``run_with_cache`` (``<hook_name>.hook_sae_acts_post``); ``.features`` is the single tensor."""
+
+    @property
+    def features(self) -> torch.Tensor:
+        if not self:
+            raise KeyError("No forward pass has run inside the context yet.")
+        return next(iter(self.values()))
+
+
+@dataclass
+class AttachState:
+    """What an attach context saw in its last forward pass."""
+
+    sites: Sites
+    cache: FeatureCache = field(default_factory=FeatureCache)
+    error: torch.Tensor | None = None  # act_out - recon (detached), at the output site
+    recon: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    _warned: bool = False
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.cache.features
+
+    def _check_prefix(self) -> None:
+        n = self.sites.zero_prefix
+        if not n or self.tokens is None or self._warned:
+            return
+        want = torch.tensor(self.sites.chat_prefix, device=self.tokens.device)
+        t = self.tokens if self.tokens.ndim == 2 else self.tokens[None]
+        if t.shape[-1] < n or not bool((t[:, :n] == want).all()):
+            self._warned = True
+            warnings.warn(
+                f"{self.sites.model} is instruction-tuned and Gemma Scope 2 IT transcoders were not trained on "
+                f"the first {n} tokens {list(self.sites.chat_prefix)} (<bos><start_of_turn>user\\n); this prompt "
+                "does not start with them. Format it with the chat template "
+                "(tokenizer.apply_chat_template) so that positions 0-3 are the prefix.",
+                PromptWarning,
+                stacklevel=4,
+            )
+
+
+# ----------------------------------------------------------------------------- the SAE
+
+
+def _prepare_sae(model: Any, sae: Any) -> Callable[[], None]:
+    """Move the SAE to the model's device/dtype and switch off SAELens' own hook_z reshaping
+    (activations are flattened here); return a function that restores the reshaping mode."""
+    p = next(model.parameters())
+    sae.to(device=p.device, dtype=p.dtype)
+    if getattr(sae, "hook_z_reshaping_mode", False):
+        sae.turn_off_forward_pass_hook_z_reshaping()
+        return sae.turn_on_forward_pass_hook_z_reshaping
+    return lambda: None
+
+
+def _skip(sae: Any, x_in: torch.Tensor) -> torch.Tensor | None:
+    w = getattr(sae, "W_skip", None)
+    return None if w is None else x_in.to(w.dtype) @ w.T
+
+
+def _encode(sae: Any, x: torch.Tensor, zero_prefix: int) -> torch.Tensor:
+    f = sae.encode(x)
+    if zero_prefix:
+        f = f.clone()
+        f[..., :zero_prefix, :] = 0
+    return f
+
+
+def _recon(sae: Any, feats: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
+    r = sae.decode(feats)
+    if x_in is not None:
+        s = _skip(sae, x_in)
+        if s is not None:
+            r = r + s
+    return r
+
+
+@contextlib.contextmanager
+def _attach(
+    model: Any,
+    sae: Any,
+    entry: Any,
+    write: Callable[
+        [AttachState, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor | None
+    ]
+    | None,
+) -> Iterator[AttachState]:
+    """Encode at the input site; at the output site call ``write(state, act_out, feats, x_in)``."""
+    sites = resolve_sites(sae, entry)
+    check_processing(model, (sites.site_in, sites.site_out))
+    check_model_match(model, sites.model)
+    state = AttachState(sites)
+    restore = _prepare_sae(model, sae)
+    hook_in = hook_for(sites.model, sites.site_in, sites.layer).hook_name or sites.site_in
+    key = f"{hook_in}.hook_sae_acts_post"
+    held: dict[str, torch.Tensor] = {}
+
+    def on_in(x: torch.Tensor) -> torch.Tensor | None:
+        f = _encode(sae, x, sites.zero_prefix)
+        held["x_in"] = x
+        held["f"] = f
+        state.cache[key] = f
+        if write is not None and not sites.is_transcoder:
+            return write(state, x, f, x)
+        return None
+
+    def on_out(act: torch.Tensor) -> torch.Tensor | None:
+        assert write is not None
+        return write(state, act, held.get("f"), held.get("x_in"))
+
+    hooks: list[tuple[str, int | None, Fn]] = [(sites.site_in, sites.layer, on_in)]
+    if write is not None and sites.is_transcoder:
+        hooks.append((sites.site_out, sites.layer, on_out))
+    try:
+        with _hooks(model, sites.model, hooks), _track_tokens(model, state):
+            yield state
+    finally:
+        restore()
+
+
+def _keep_prefix(new: torch.Tensor, act: torch.Tensor, n: int) -> torch.Tensor:
+    if not n:
+        return new
+    out = new.clone()
+    out[..., :n, :] = act[..., :n, :]
+    return out
+
+
+@contextlib.contextmanager
+def splice(model: Any, sae: Any, *, use_error_term: bool = False, entry: Any = None) -> Iterator[AttachState]:
+    """Replace the activation at the SAE's output site with its reconstruction.
+
+    SAEs: ``act -> decode(encode(act))``; transcoders: ``mlp_out -> decode(encode(x_in)) (+ x_in @ W_skip.T)``.
+    ``use_error_term=True`` adds ``(act - recon).detach()``: outputs are unchanged, gradients reach the
+    features. Yields an :class:`AttachState` (``.features``, ``.recon``, ``.error``).
+    """
+
+    def write(
+        state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert f is not None
+        r = _recon(sae, f, x_in if state.sites.is_transcoder else None).to(act.dtype)
+        state.recon = r
+        state.error = (act - r).detach()
+        out = r + state.error if use_error_term else r
+        return _keep_prefix(out, act, state.sites.zero_prefix)
+
+    with _attach(model, sae, entry, write) as st:
+        yield st
+
+
+@contextlib.contextmanager
+def cache_features(model: Any, sae: Any, *, entry: Any = None) -> Iterator[FeatureCache]:
+    """Record the SAE's feature activations ``[batch, pos, d_sae]`` at its input site (model unchanged)."""
+    with _attach(model, sae, entry, None) as st:
+        yield st.cache
+
+
+def _direction(sae: Any, feature: int) -> torch.Tensor:
+    d_sae = int(sae.W_dec.shape[0])
+    if not 0 <= feature < d_sae:
+        raise IndexError(
+            f"feature {feature} is out of range: this SAE has d_sae={d_sae} features (0..{d_sae - 1})."
+        )
+    return sae.W_dec[feature].detach()
+
+
+@contextlib.contextmanager
+def steer(
+    model: Any, sae: Any, feature: int, alpha: float, *, entry: Any = None, positions: Any = None
+) -> Iterator[AttachState]:
+    """Add ``alpha * sae.W_dec[feature]`` to the activation at the SAE's output site.
+
+    ``positions`` (an index or slice over the sequence axis) limits the steered positions. Gemma Scope 2
+    decoder rows are not unit norm; Neuronpedia's GS2 steering strengths are in the ~1000s.
+    """
+    d = _direction(sae, feature)
+    pos = slice(None) if positions is None else positions
+
+    def write(
+        state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
+    ) -> torch.Tensor:
+        out = act.clone()
+        out[..., pos, :] = out[..., pos, :] + alpha * d.to(act.dtype)
+        return out
+
+    with _attach(model, sae, entry, write) as st:
+        yield st
+
+
+@contextlib.contextmanager
+def ablate(model: Any, sae: Any, feature: int, *, entry: Any = None) -> Iterator[AttachState]:
+    """Zero one feature and keep the error term: only that feature's contribution
+    (``f_i * W_dec[i]``) is removed from the output site; everything else is unchanged."""
+    _direction(sae, feature)
+
+    def write(
+        state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
+    ) -> torch.Tensor:
+        assert f is not None
+        xi = x_in if state.sites.is_transcoder else None
+        full = _recon(sae, f, xi).to(act.dtype)
+        f2 = f.clone()
+        f2[..., feature] = 0
+        part = _recon(sae, f2, xi).to(act.dtype)
+        state.recon, state.error = part, (act - full).detach()
+        return part + state.error
+
+    with _attach(model, sae, entry, write) as st:
+        yield st
+
+
+# ----------------------------------------------------------------------------- test helper
+
+
+def random_sae(
+    model: str,
+    site: str,
+    layer: int | None,
+    *,
+    d_in: int,
+    d_sae: int = 32,
+    d_out: int | None = None,
+    site_out: str | None = None,
+    skip: bool = False,
+    seed: int = 0,
+    threshold: float = 0.05,
+) -> Any:
+    """A SAELens JumpReLU SAE / transcoder with random weights and Gemma Scope metadata, for tests
+    and examples (no file, no hub). **Random weights: says nothing about Gemma.**"""
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        JumpReLUSkipTranscoder,
+        JumpReLUSkipTranscoderConfig,
+        JumpReLUTranscoder,
+        JumpReLUTranscoderConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+
+    facts = get_model(model)
+    spec = hook_for(facts.key, site, layer)
+    g = torch.Generator().manual_seed(seed)
+    out_site = site_out or site
+    d_out = d_out or d_in
+    meta = {"model_name": facts.hf_id, "hook_name": spec.hook_name}
+    if out_site != site:
+        meta["hook_name_out"] = hook_for(facts.key, out_site, layer).hook_name
+        kw = dict(
+            d_in=d_in, d_sae=d_sae, d_out=d_out, apply_b_dec_to_input=False, metadata=SAEMetadata(**meta)
+        )
+        cfg = (JumpReLUSkipTranscoderConfig if skip else JumpReLUTranscoderConfig)(**kw)  # type: ignore[arg-type]
+        sae = (JumpReLUSkipTranscoder if skip else JumpReLUTranscoder)(cfg)  # type: ignore[arg-type]
+    else:
+        cfg = JumpReLUSAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            apply_b_dec_to_input=False,
+            reshape_activations=spec.reshape,
+            metadata=SAEMetadata(**meta),
+        )
+        sae = JumpReLUSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.W_dec.copy_(torch.randn(d_sae, d_out, generator=g) / d_sae**0.5)
+        sae.b_dec.copy_(torch.randn(d_out, generator=g) * 0.1)
+        sae.threshold.fill_(threshold)
+        if skip:
+            sae.W_skip.copy_(torch.randn(d_out, d_in, generator=g) / d_in**0.5)
+    return sae.eval()
