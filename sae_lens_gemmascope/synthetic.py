@@ -194,10 +194,14 @@ def write_entry(
     else:
         p = params or jumprelu_params(din, d_sae or entry.d_sae, dout, affine=entry.affine, seed=seed)
         written.append(
-            put_file(cache_dir, entry.repo_id, f"{entry.path}/params.safetensors", safetensors_bytes(p), commit)
+            put_file(
+                cache_dir, entry.repo_id, f"{entry.path}/params.safetensors", safetensors_bytes(p), commit
+            )
         )
         cfg = gs2_config(entry, width=p["w_enc"].shape[1])
     written.append(
-        put_file(cache_dir, entry.repo_id, f"{entry.path}/config.json", json.dumps(cfg, indent=2).encode(), commit)
+        put_file(
+            cache_dir, entry.repo_id, f"{entry.path}/config.json", json.dumps(cfg, indent=2).encode(), commit
+        )
     )
     return written

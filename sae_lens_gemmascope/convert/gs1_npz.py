@@ -1,0 +1,120 @@
+"""Locate the arrays of a Gemma Scope 1 ``params.npz`` without reading them.
+
+``np.savez`` writes a zip of ``.npy`` members, uncompressed (ZIP_STORED). The zip central directory
+gives each member's local-header offset; the local header's name/extra lengths give where the member's
+bytes start, and the ``.npy`` header there gives dtype, shape and order. The array data is then a plain
+byte range of the file, which :func:`sae_lens_gemmascope.convert.read_tensor` reads straight into the
+final tensor. (``np.load(mmap_mode=...)`` ignores npz files; mapping and then copying would count the
+mapped pages in RSS too, doubling the peak.) Compressed members (``np.savez_compressed``) fall back
+to streaming one member at a time through the zip decompressor. Nothing is unpickled: object arrays
+are refused.
+
+Example:
+    >>> import io, tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> p = Path(tempfile.mkdtemp()) / "params.npz"
+    >>> np.savez(p, W_enc=np.ones((3, 2), np.float32), b_enc=np.zeros(2, np.float32))
+    >>> st = locate_npz(p)
+    >>> st["W_enc"].shape, str(st["W_enc"].dtype), st["W_enc"].offset is not None
+    ((3, 2), 'float32', True)
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..errors import CorruptArtifactError
+from . import StoredTensor
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes, signature PK\x03\x04
+
+
+def _corrupt(path: Path, what: str) -> CorruptArtifactError:
+    from . import _corrupt as c
+
+    return c(path, what)
+
+
+def _npy_header(fh: BinaryIO, path: Path, member: str) -> tuple[np.dtype, tuple[int, ...], bool]:
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=100_000)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=100_000)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise _corrupt(path, f"member {member!r} has no readable .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise _corrupt(path, f"member {member!r} holds Python objects (refused: allow_pickle=False)")
+    if dtype.byteorder == ">":
+        raise _corrupt(path, f"member {member!r} is big-endian, which Gemma Scope never writes")
+    return dtype, tuple(int(s) for s in shape), bool(fortran)
+
+
+def locate_npz(path: str | Path) -> dict[str, StoredTensor]:
+    """Array name -> :class:`StoredTensor` (byte offset for stored members, a stream otherwise)."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _corrupt(path, f"not a readable zip/npz archive ({exc})") from exc
+    out: dict[str, StoredTensor] = {}
+    with zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[: -len(".npy")]
+            if info.compress_type == zipfile.ZIP_STORED:
+                fh.seek(info.header_offset)
+                raw = fh.read(_LOCAL_HEADER.size)
+                if len(raw) < _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+                    raise _corrupt(path, f"bad local zip header for member {info.filename!r}")
+                fields = _LOCAL_HEADER.unpack(raw)
+                start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+                fh.seek(start)
+                dtype, shape, fortran = _npy_header(fh, path, name)
+                data_start = fh.tell()
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if data_start + nbytes > start + info.file_size or data_start + nbytes > size:
+                    raise _corrupt(
+                        path,
+                        f"member {name!r} needs {nbytes} bytes from offset {data_start}, "
+                        f"but the member/file ends earlier (file is {size} bytes)",
+                    )
+                out[name] = StoredTensor(name, path, dtype, shape, offset=data_start, fortran_order=fortran)
+            else:
+                member = info.filename
+                try:
+                    with zf.open(member) as stream:
+                        dtype, shape, fortran = _npy_header(stream, path, name)  # type: ignore[arg-type]
+                except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                    raise _corrupt(path, f"member {member!r} cannot be decompressed ({exc})") from exc
+
+                def opener(member: str = member, name: str = name) -> BinaryIO:
+                    z = zipfile.ZipFile(path)
+                    s = z.open(member)
+                    _npy_header(s, path, name)  # type: ignore[arg-type]
+                    return _ClosingStream(s, z)  # type: ignore[return-value]
+
+                out[name] = StoredTensor(name, path, dtype, shape, open_stream=opener, fortran_order=fortran)
+    return out
+
+
+class _ClosingStream:
+    """A member stream that also closes its zip archive."""
+
+    def __init__(self, stream: BinaryIO, archive: zipfile.ZipFile) -> None:
+        self._s, self._z = stream, archive
+
+    def readinto(self, b: memoryview) -> int:
+        return self._s.readinto(b)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._s.close()
+        self._z.close()
