@@ -1,0 +1,303 @@
+"""Splice CLTs and crosscoders into TransformerLens models (HookedTransformer or TransformerBridge).
+
+**CLT replacement** (:func:`clt_replacement`): in one forward pass, block ``i`` is encoded at the
+Gemma Scope 2 transcoder input ``blocks.i.mlp.hook_in`` (``pre_feedforward_layernorm`` output, so a
+HookedTransformer must be loaded *without* ``fold_ln``: ``from_pretrained_no_processing``), and every
+covered ``blocks.j.hook_mlp_out`` is replaced by ``decode_to(j, latents of blocks <= j, x_j)``. This works
+in a single pass because the MLP input of layer ``i`` is computed before the MLP output of any layer
+``j >= i`` is needed. With ``use_error_term=True`` the written value is ``recon + (mlp_out - recon).detach()``,
+so the logits are unchanged while gradients flow through the latents.
+
+**Crosscoders** decode acausally (block ``k`` writes to layers before ``layers[k]``), so a single pass
+cannot replace ``blocks.L.hook_resid_post``: :func:`crosscoder_encoding` records the latents of the four
+residual hooks in one pass (no change to the model), and :func:`run_with_crosscoder` runs two passes
+(encode, then write ``x̂_j`` (+ error) at the four hooks).
+
+IT models: Gemma Scope 2 was not trained on the chat prefix ``<bos><start_of_turn>user\\n``; on IT
+models the latents of the first ``len(chat_prefix_tokens)`` (= 4) positions are zeroed and the
+original activations are kept there (``zero_positions`` overrides this; PT models zero nothing; BOS
+reconstructions are meaningless in both cases).
+
+Example (tiny random Gemma 3; see tests/test_replace.py):
+    >>> import torch
+    >>> from sae_lens_gemmascope.tiny import tiny_gemma, to_hooked, tiny_tokens  # doctest: +SKIP
+    >>> hf, facts = tiny_gemma("gemma3_text")  # doctest: +SKIP
+    >>> model = to_hooked(hf, "gemma3_text")  # doctest: +SKIP
+    >>> with clt_replacement(model, clt, use_error_term=True) as state:  # doctest: +SKIP
+    ...     logits = model(tiny_tokens())
+    >>> state.features[3].shape  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import HookMappingError
+from .hooks import hook_for
+from .multilayer import Crosscoder, CrossLayerTranscoder, MultiLayerModule
+
+__all__ = [
+    "CLTReplacementState",
+    "CrosscoderState",
+    "backend_of",
+    "clt_replacement",
+    "crosscoder_encoding",
+    "run_with_crosscoder",
+]
+
+
+def backend_of(model: Any) -> str:
+    """``"hooked_transformer"`` or ``"bridge"`` for a TransformerLens model; refuses folded norms.
+
+    The GS2 transcoder input includes the pre-MLP norm gain, which ``fold_ln`` moves into the MLP weights.
+    """
+    from transformer_lens import HookedTransformer
+
+    if isinstance(model, HookedTransformer):
+        backend = "hooked_transformer"
+    else:
+        try:
+            from transformer_lens.model_bridge import TransformerBridge
+        except ImportError:  # pragma: no cover
+            TransformerBridge = ()  # type: ignore[assignment]  # noqa: N806
+        if not isinstance(model, TransformerBridge):
+            raise HookMappingError(
+                f"Expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}."
+            )
+        backend = "bridge"
+    norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
+    if norm in ("RMSPre", "LNPre"):
+        raise HookMappingError(
+            f"This {type(model).__name__} has folded layer norms (normalization_type={norm!r}), so "
+            "blocks.L.mlp.hook_in no longer carries the pre-MLP norm gain that Gemma Scope 2 CLTs read. "
+            "Load it with HookedTransformer.from_pretrained_no_processing(...) or a TransformerBridge "
+            "without compatibility-mode folding."
+        )
+    return backend
+
+
+def _model_key(module: MultiLayerModule, model_key: str | None) -> str:
+    key = model_key or module.model
+    if key is None:
+        raise HookMappingError(
+            f"This {type(module).__name__} does not know its model; pass model_key= (e.g. 'gemma-3-1b-pt') "
+            "so the hooks can be resolved."
+        )
+    return key
+
+
+def _input_hook(
+    model: Any, key: str, layer: int, backend: str, site: str
+) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Hook name and transform that give the GS2 transcoder input at ``layer``.
+
+    A plain HookedTransformer has no ``blocks.L.mlp.hook_in`` (HookedSAETransformer and the Bridge
+    do); there the input is read at ``blocks.L.ln2.hook_normalized`` (x / rms(x)) and multiplied by
+    the unfolded norm gain ``blocks[L].ln2.w`` (= 1 + HF weight), which is exactly what the MLP receives.
+    """
+    name = str(hook_for(key, site, layer, backend).hook_name)
+    hook_dict = getattr(model, "hook_dict", {})
+    if name in hook_dict or backend != "hooked_transformer" or site != "gs2_transcoder_in":
+        return name, lambda x: x
+    alt = f"blocks.{layer}.ln2.hook_normalized"
+    ln2 = getattr(model.blocks[layer], "ln2", None)
+    if alt not in hook_dict or getattr(ln2, "w", None) is None:
+        raise HookMappingError(f"{type(model).__name__} has neither {name} nor {alt} with a gain ln2.w.")
+    return alt, lambda x: x.to(ln2.w.dtype) * ln2.w
+
+
+def _n_zero(module: MultiLayerModule, zero_positions: int | None) -> int:
+    return len(module.chat_prefix_tokens) if zero_positions is None else int(zero_positions)
+
+
+def _zero_prefix(t: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 0 or t.ndim < 2:
+        return t
+    t = t.clone()
+    t[..., :n, :] = 0
+    return t
+
+
+def _keep_prefix(new: torch.Tensor, old: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 0 or new.ndim < 2:
+        return new
+    new = new.clone()
+    new[..., :n, :] = old[..., :n, :]
+    return new
+
+
+@dataclass
+class CLTReplacementState:
+    """What a :func:`clt_replacement` pass saw and wrote, per block (filled during the forward pass)."""
+
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    reconstructions: dict[int, torch.Tensor] = field(default_factory=dict)
+    originals: dict[int, torch.Tensor] = field(default_factory=dict)
+    errors: dict[int, torch.Tensor] = field(default_factory=dict)
+    hook_names: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forget the tensors of the previous forward pass."""
+        for d in (self.inputs, self.features, self.reconstructions, self.originals, self.errors):
+            d.clear()
+
+
+@contextlib.contextmanager
+def clt_replacement(
+    model: Any,
+    clt: CrossLayerTranscoder,
+    *,
+    targets: list[int] | None = None,
+    use_error_term: bool = False,
+    zero_positions: int | None = None,
+    model_key: str | None = None,
+) -> Iterator[CLTReplacementState]:
+    """Replace the MLP outputs of ``targets`` (default: every block) by the CLT reconstruction.
+
+    Inside the ``with`` block every forward pass of ``model`` encodes block ``i`` at
+    ``blocks.i.mlp.hook_in`` and writes ``decode_to(j, ...)`` at ``blocks.j.hook_mlp_out`` for each
+    target ``j``. ``use_error_term=True`` adds ``(mlp_out - recon).detach()`` so the logits are the
+    model's own. The yielded state holds the inputs, latents, reconstructions and errors of the last pass.
+    """
+    backend = backend_of(model)
+    key = _model_key(clt, model_key)
+    tg = list(range(clt.n_blocks)) if targets is None else sorted({int(t) for t in targets})
+    sources = sorted({i for j in tg for i in clt.sources_of(j)})
+    clt.load(tg)
+    n_zero = _n_zero(clt, zero_positions)
+    state = CLTReplacementState()
+
+    def encode_hook(
+        i: int, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor, Any], None]:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            if i == sources[0]:
+                state.clear()
+            x = transform(act)
+            state.inputs[i] = x
+            state.features[i] = _zero_prefix(clt.encode(i, x), n_zero)
+
+        return fn
+
+    def write_hook(j: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            recon = clt.decode_to(j, state.features, state.inputs.get(j)).to(act.dtype)
+            state.reconstructions[j] = recon
+            state.originals[j] = act
+            if use_error_term:
+                err = (act - recon).detach()
+                state.errors[j] = err
+                out = recon + err
+            else:
+                out = recon
+            return _keep_prefix(out, act, n_zero)
+
+        return fn
+
+    fwd: list[tuple[str, Callable[..., Any]]] = []
+    in_names = {}
+    for i in sources:
+        name, transform = _input_hook(model, key, clt.layers[i], backend, clt.input_site)
+        in_names[i] = name
+        fwd.append((name, encode_hook(i, transform)))
+    for j in tg:
+        name = str(hook_for(key, clt.output_site, clt.layers[j], backend).hook_name)
+        fwd.append((name, write_hook(j)))
+        state.hook_names[str(j)] = (in_names[j], name)
+    with model.hooks(fwd_hooks=fwd):
+        yield state
+
+
+@dataclass
+class CrosscoderState:
+    """Latents of a crosscoder's four blocks from one pass, and (after :meth:`reconstruct`) x̂ and errors."""
+
+    crosscoder: Crosscoder
+    n_zero: int = 0
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    reconstructions: dict[int, torch.Tensor] = field(default_factory=dict)
+    errors: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def reconstruct(self) -> dict[int, torch.Tensor]:
+        """``x̂_j`` for all four blocks from the recorded latents; also fills :attr:`errors` (x_j - x̂_j)."""
+        cc = self.crosscoder
+        for j in range(cc.n_blocks):
+            x = self.inputs[j]
+            r = _keep_prefix(cc.decode_to(j, self.features).to(x.dtype), x, self.n_zero)
+            self.reconstructions[j] = r
+            self.errors[j] = (x - r).detach()
+        return self.reconstructions
+
+
+@contextlib.contextmanager
+def crosscoder_encoding(
+    model: Any, crosscoder: Crosscoder, *, zero_positions: int | None = None, model_key: str | None = None
+) -> Iterator[CrosscoderState]:
+    """Record the crosscoder latents at its four ``blocks.L.hook_resid_post`` hooks (model unchanged).
+
+    After the forward pass, ``state.features[k]`` holds block ``k``'s latents and
+    ``state.reconstruct()`` gives ``x̂_j`` for every block.
+    """
+    backend = backend_of(model)
+    key = _model_key(crosscoder, model_key)
+    crosscoder.load()
+    state = CrosscoderState(crosscoder, n_zero=_n_zero(crosscoder, zero_positions))
+
+    def hook(k: int) -> Callable[[torch.Tensor, Any], None]:
+        def fn(act: torch.Tensor, hook: Any) -> None:
+            state.inputs[k] = act
+            state.features[k] = _zero_prefix(crosscoder.encode(k, act), state.n_zero)
+
+        return fn
+
+    fwd = [
+        (str(hook_for(key, crosscoder.input_site, layer, backend).hook_name), hook(k))
+        for k, layer in enumerate(crosscoder.layers)
+    ]
+    with model.hooks(fwd_hooks=fwd):
+        yield state
+
+
+def run_with_crosscoder(
+    model: Any,
+    crosscoder: Crosscoder,
+    model_input: Any,
+    *,
+    use_error_term: bool = True,
+    zero_positions: int | None = None,
+    model_key: str | None = None,
+    **forward_kwargs: Any,
+) -> tuple[Any, CrosscoderState]:
+    """Two passes: encode the four layers on a clean run, then write ``x̂_j`` (+ ``error_j``) at each hook.
+
+    Returns ``(output of the second pass, state of the first)``. With ``use_error_term=True`` the
+    written values equal the clean activations, so the output equals the clean output; with
+    ``False`` each ``blocks.layers[j].hook_resid_post`` is overwritten by the crosscoder's ``x̂_j``.
+    """
+    with crosscoder_encoding(model, crosscoder, zero_positions=zero_positions, model_key=model_key) as st:
+        model(model_input, **forward_kwargs)
+    st.reconstruct()
+    backend = backend_of(model)
+    key = _model_key(crosscoder, model_key)
+
+    def hook(j: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            r = st.reconstructions[j]
+            return r + st.errors[j] if use_error_term else r
+
+        return fn
+
+    fwd = [
+        (str(hook_for(key, crosscoder.output_site, layer, backend).hook_name), hook(j))
+        for j, layer in enumerate(crosscoder.layers)
+    ]
+    with model.hooks(fwd_hooks=fwd):
+        out = model(model_input, **forward_kwargs)
+    return out, st
