@@ -43,9 +43,9 @@ def test_counts_per_family() -> None:
             c["multi"] += 1
         else:
             c["gs2"] += 1
-    # the reference inventories' 2556 GS1 folders (152 transcoders) + 10 transcoders evidenced since
-    assert c["gs1"] == 2556 + 10
-    assert c["gs1_transcoders"] == 152 + 10
+    # the reference inventories' 2556 GS1 folders (152 transcoders) + 31 transcoders evidenced since
+    assert c["gs1"] == 2556 + 31
+    assert c["gs1_transcoders"] == 152 + 31
     assert c["gs2"] == 9504
     assert c["multi"] == 18
 
@@ -61,7 +61,7 @@ def test_counts_per_repo() -> None:
         "google/gemma-scope-9b-pt-att": 492,
         "google/gemma-scope-9b-it-res": 30,
         "google/gemma-scope-27b-pt-res": 18,
-        "google/gemma-scope-2b-pt-transcoders": 162,
+        "google/gemma-scope-2b-pt-transcoders": 183,
         # 270m: 18 layers; 72*3 + 144 + 52 + 36*2 + 72 (+ CLT/crosscoder)
         "google/gemma-scope-2-270m-pt": 72 * 3 + 144 + 52 + 72 + 72 + 3,
         "google/gemma-scope-2-270m-it": 72 * 3 + 144 + 52 + 72 + 72,
@@ -102,7 +102,14 @@ def test_every_reference_folder_is_enumerated() -> None:
     have = {(e.repo_id, e.path) for e in registry.iter_entries()}
     assert want - have == set()
     # transcoder folders evidenced after the inventories were compiled (see the listing notes in the YAML)
-    added = {12: [18, 60, 111, 204, 359, 604], 16: [87], 17: [112], 19: [89], 21: [102]}
+    added = {
+        12: [18, 60, 111, 204, 359, 604],
+        16: [17, 87, 598],
+        17: [20, 60, 112, 272, 481, 797, 1665],
+        19: [19, 32, 53, 89, 194, 562, 882, 1259],
+        20: [19],
+        21: [22, 60, 102, 630, 988, 1411],
+    }
     extra = {
         ("google/gemma-scope-2b-pt-transcoders", f"layer_{layer}/width_16k/average_l0_{l0}")
         for layer, l0s in added.items()
