@@ -65,6 +65,7 @@ __all__ = [
     "check_processing",
     "is_folded",
     "random_sae",
+    "record",
     "resolve_sites",
     "splice",
     "steer",
@@ -347,6 +348,37 @@ def _hooks(model: Any, key: str, hooks: list[tuple[str, int | None, Fn]]) -> Ite
         fwd.append((name, tl))
     with model.hooks(fwd_hooks=fwd):
         yield
+
+
+@contextlib.contextmanager
+def record(
+    model: Any, model_key: str, points: list[tuple[str, int | None]]
+) -> Iterator[dict[tuple[str, int | None], torch.Tensor]]:
+    """Record the activations at Gemma Scope sites during the forward passes inside the block.
+
+    ``points`` are ``(site, layer)`` pairs (sites of :data:`sae_lens_gemmascope.hooks.SITES`); the
+    yielded dict maps each pair to its detached tensor ``[batch, pos, d]`` of the last pass (attention
+    ``hook_z`` flattened to ``n_heads * d_head``). Works on all three backends; the model is unchanged.
+
+    Example:
+        >>> import torch
+        >>> from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens
+        >>> hf, facts = tiny_gemma("gemma3_text")
+        >>> with torch.no_grad(), record(hf, facts.model_key, [("gs2_transcoder_in", 1)]) as acts:
+        ...     _ = hf(tiny_tokens())
+        >>> tuple(acts[("gs2_transcoder_in", 1)].shape)
+        (2, 16, 64)
+    """
+    out: dict[tuple[str, int | None], torch.Tensor] = {}
+
+    def grab(point: tuple[str, int | None]) -> Fn:
+        def fn(x: torch.Tensor) -> None:
+            out[point] = x.detach()
+
+        return fn
+
+    with _hooks(model, model_key, [(s, layer, grab((s, layer))) for s, layer in points]):
+        yield out
 
 
 def _embedding_module(model: Any) -> torch.nn.Module | None:

