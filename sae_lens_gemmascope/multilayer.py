@@ -428,6 +428,20 @@ class MultiLayerModule(nn.Module):
         if self.affine and str(j) not in self.W_skip:
             self._put(self.W_skip, str(j), self._file(j).read(_SKIP), self._what(j, _SKIP))
 
+    def decoder(self, source: int, target: int) -> torch.Tensor:
+        """The decoder slice ``w_dec_source[:, target, :]`` (d_source, d_model), read on first use.
+
+        Zero-filled for a CLT target below its source (the stored files hold zeros there and this
+        module never reads them).
+        """
+        i, j = self._check_block(source), self._check_block(target)
+        key = f"{i}_{j}"
+        if j not in self.targets_of(i):
+            return torch.zeros(self.block_widths[i], self.d_model, dtype=self.dtype, device=self.device)
+        if key not in self.W_dec:
+            self._put(self.W_dec, key, self._file(i).read_w_dec([j])[j], self._what(i, f"w_dec[:, {j}, :]"))
+        return self.W_dec[key]
+
     def load(self, targets: Iterable[int] | None = None) -> MultiLayerModule:
         """Load what reconstructing ``targets`` (default: all blocks) needs, file by file; returns self.
 

@@ -148,9 +148,20 @@ def load_tokenizer(cache_dir: str | os.PathLike[str] | None = None) -> Any:
 def load_hf(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     """``(Gemma3ForCausalLM fp32 eval with eager attention, tokenizer)`` from the converted cache."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     d = ensure_converted(cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local 1 GB file: the per-tensor bar is noise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tqdm's "IProgress not found" in notebooks
+            model = AutoModelForCausalLM.from_pretrained(
+                str(d), dtype=torch.float32, attn_implementation="eager"
+            )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     _fix_config(model)
     return model.eval(), load_tokenizer(d)
 

