@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-CHILD = r"""
+PRELUDE = r"""
 import json, os, resource, sys, time
-mode, release, sae_id, fmt, path = sys.argv[1:6]
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -43,6 +42,12 @@ def peak_rss():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""
+
+CHILD = (
+    PRELUDE
+    + r"""
+mode, release, sae_id, fmt, path = sys.argv[1:6]
 import torch
 if mode == "ours":
     import sae_lens, sae_lens_gemmascope
@@ -66,25 +71,12 @@ wall = time.perf_counter() - t0
 peak = peak_rss()
 print(json.dumps({"wall": wall, "peak": peak - base}))
 """
+)
 
-SAELENS_CALL = r"""
-import json, os, resource, sys, time
+SAELENS_CALL = (
+    PRELUDE
+    + r"""
 repo, folder, fmt = sys.argv[1:4]
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-def reset_peak():  # Linux: writing 5 resets the peak RSS (VmHWM) to the current RSS
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-def peak_rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 import warnings; warnings.simplefilter("ignore")
 import torch
 from sae_lens import SAE
@@ -103,6 +95,7 @@ wall = time.perf_counter() - t0
 peak = peak_rss()
 print(json.dumps({"wall": wall, "peak": peak - base}))
 """
+)
 
 IMPORT_CHILD = r"""
 import json, time

@@ -20,6 +20,8 @@ Silent mistakes are refused or flagged:
 * a GS2 transcoder / CLT input on a model whose norms were folded (``fold_ln``) raises
   :class:`~sae_lens_gemmascope.errors.HookMappingError` (:func:`check_processing`);
 * a PT SAE on an IT model, or the reverse, warns (:func:`check_model_match`);
+* Gemma Scope was not trained on ``<bos>``: its features read 0 and the model's own activation is kept
+  there (``skip_bos=False`` to include it);
 * GS2 transcoders of **IT** models were not trained on the chat prefix ``<bos><start_of_turn>user\\n``
   (ids 2, 105, 2364, 107): their features are zeroed on the first 4 positions and the original
   activation is kept there; a prompt that does not start with the prefix warns.
@@ -60,6 +62,7 @@ __all__ = [
     "ModelMismatchWarning",
     "ablate",
     "backend_of",
+    "bos_token_id",
     "cache_features",
     "check_model_match",
     "check_processing",
@@ -69,6 +72,8 @@ __all__ = [
     "resolve_sites",
     "splice",
     "steer",
+    "track_tokens",
+    "untrained_positions",
 ]
 
 
@@ -391,7 +396,9 @@ def _embedding_module(model: Any) -> torch.nn.Module | None:
 
 
 @contextlib.contextmanager
-def _track_tokens(model: Any, state: AttachState) -> Iterator[None]:
+def track_tokens(model: Any, on_tokens: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Call ``on_tokens(ids)`` with the token ids of every forward pass (a pre-hook on the embedding),
+    before any other hook of that pass fires. Passes given embeddings instead of ids are not seen."""
     emb = _embedding_module(model)
     if emb is None:
         yield
@@ -400,14 +407,52 @@ def _track_tokens(model: Any, state: AttachState) -> Iterator[None]:
     def pre(m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = args[0] if args else kwargs.get("input_ids", kwargs.get("input"))
         if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
-            state.tokens = ids
-            state._check_prefix()
+            on_tokens(ids if ids.ndim == 2 else ids[None])
 
     h = emb.register_forward_pre_hook(pre, with_kwargs=True)
     try:
         yield
     finally:
         h.remove()
+
+
+def untrained_positions(
+    act: torch.Tensor,
+    tokens: torch.Tensor | None,
+    *,
+    bos_token_id: int | None,
+    skip_bos: bool = True,
+    prefix_len: int = 0,
+) -> torch.Tensor | None:
+    """``[batch, pos]`` mask of the positions of ``act`` ``[batch, pos, d]`` that Gemma Scope was not
+    trained on, or None when there are none.
+
+    ``<bos>`` tokens (if ``skip_bos``), and the first ``prefix_len`` positions (the chat prefix of IT
+    transcoders) of every sequence that starts with ``<bos>``. ``tokens`` are the ids of the pass
+    (:func:`track_tokens`); without them only the prefix rule applies, to the first positions.
+    A one-token KV-cache generation step (no ``<bos>``) has none.
+
+    >>> import torch
+    >>> act = torch.zeros(1, 6, 3)
+    >>> untrained_positions(act, torch.tensor([[2, 105, 2364, 107, 9, 9]]), bos_token_id=2, prefix_len=4)
+    tensor([[ True,  True,  True,  True, False, False]])
+    >>> untrained_positions(act[:, :1], torch.tensor([[9]]), bos_token_id=2, prefix_len=4) is None
+    True
+    """
+    if act.ndim != 3:
+        return None
+    b, p = act.shape[0], act.shape[1]
+    t = tokens if tokens is not None and tuple(tokens.shape) == (b, p) else None
+    mask = torch.zeros(b, p, dtype=torch.bool, device=act.device)
+    if t is not None and skip_bos and bos_token_id is not None:
+        mask |= t.to(act.device) == bos_token_id
+    if prefix_len:
+        if t is None:
+            mask[:, :prefix_len] = True
+        elif bos_token_id is not None:
+            starts = (t[:, 0] == bos_token_id).to(act.device)
+            mask[:, :prefix_len] |= starts[:, None]
+    return mask if bool(mask.any()) else None
 
 
 # ----------------------------------------------------------------------------- state
@@ -433,11 +478,28 @@ class AttachState:
     error: torch.Tensor | None = None  # act_out - recon (detached), at the output site
     recon: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    bos_token_id: int | None = None
+    skip_bos: bool = True
     _warned: bool = False
 
     @property
     def features(self) -> torch.Tensor:
         return self.cache.features
+
+    def untrained(self, act: torch.Tensor) -> torch.Tensor | None:
+        """Mask of the positions of ``act`` this SAE was not trained on (:func:`untrained_positions`):
+        ``<bos>`` (unless ``skip_bos=False``) and, for Gemma Scope 2 IT transcoders, the chat prefix."""
+        return untrained_positions(
+            act,
+            self.tokens,
+            bos_token_id=self.bos_token_id,
+            skip_bos=self.skip_bos,
+            prefix_len=self.sites.zero_prefix,
+        )
+
+    def _see_tokens(self, ids: torch.Tensor) -> None:
+        self.tokens = ids
+        self._check_prefix()
 
     def _check_prefix(self) -> None:
         n = self.sites.zero_prefix
@@ -445,6 +507,8 @@ class AttachState:
             return
         want = torch.tensor(self.sites.chat_prefix, device=self.tokens.device)
         t = self.tokens if self.tokens.ndim == 2 else self.tokens[None]
+        if t.shape[-1] == 1:  # a generation step after a KV cache: not the start of a prompt
+            return
         if t.shape[-1] < n or not bool((t[:, :n] == want).all()):
             self._warned = True
             warnings.warn(
@@ -476,12 +540,26 @@ def _skip(sae: Any, x_in: torch.Tensor) -> torch.Tensor | None:
     return None if w is None else x_in.to(w.dtype) @ w.T
 
 
-def _encode(sae: Any, x: torch.Tensor, zero_prefix: int) -> torch.Tensor:
+def _encode(sae: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     f = sae.encode(x)
-    if zero_prefix:
-        f = f.clone()
-        f[..., :zero_prefix, :] = 0
+    if mask is not None:
+        f = f.masked_fill(mask[..., None], 0)
     return f
+
+
+def _keep(new: torch.Tensor, act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``new`` with the model's own ``act`` at the masked (untrained) positions."""
+    return new if mask is None else torch.where(mask[..., None], act, new)
+
+
+def bos_token_id(model: Any) -> int | None:
+    """The ``<bos>`` id of the model's tokenizer / config (Gemma: 2), or None if it has none."""
+    tok = getattr(model, "tokenizer", None)
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None and hasattr(model, "config"):
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        bos = getattr(cfg, "bos_token_id", None) or getattr(model.config, "bos_token_id", None)
+    return int(bos) if bos is not None else None
 
 
 def _recon(sae: Any, feats: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
@@ -502,19 +580,20 @@ def _attach(
         [AttachState, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor | None
     ]
     | None,
+    skip_bos: bool = True,
 ) -> Iterator[AttachState]:
     """Encode at the input site; at the output site call ``write(state, act_out, feats, x_in)``."""
     sites = resolve_sites(sae, entry)
     check_processing(model, (sites.site_in, sites.site_out))
     check_model_match(model, sites.model)
-    state = AttachState(sites)
+    state = AttachState(sites, bos_token_id=bos_token_id(model), skip_bos=skip_bos)
     restore = _prepare_sae(model, sae)
     hook_in = hook_for(sites.model, sites.site_in, sites.layer).hook_name or sites.site_in
     key = f"{hook_in}.hook_sae_acts_post"
     held: dict[str, torch.Tensor] = {}
 
     def on_in(x: torch.Tensor) -> torch.Tensor | None:
-        f = _encode(sae, x, sites.zero_prefix)
+        f = _encode(sae, x, state.untrained(x))
         held["x_in"] = x
         held["f"] = f
         state.cache[key] = f
@@ -530,27 +609,23 @@ def _attach(
     if write is not None and sites.is_transcoder:
         hooks.append((sites.site_out, sites.layer, on_out))
     try:
-        with _hooks(model, sites.model, hooks), _track_tokens(model, state):
+        with _hooks(model, sites.model, hooks), track_tokens(model, state._see_tokens):
             yield state
     finally:
         restore()
 
 
-def _keep_prefix(new: torch.Tensor, act: torch.Tensor, n: int) -> torch.Tensor:
-    if not n:
-        return new
-    out = new.clone()
-    out[..., :n, :] = act[..., :n, :]
-    return out
-
-
 @contextlib.contextmanager
-def splice(model: Any, sae: Any, *, use_error_term: bool = False, entry: Any = None) -> Iterator[AttachState]:
+def splice(
+    model: Any, sae: Any, *, use_error_term: bool = False, entry: Any = None, skip_bos: bool = True
+) -> Iterator[AttachState]:
     """Replace the activation at the SAE's output site with its reconstruction.
 
     SAEs: ``act -> decode(encode(act))``; transcoders: ``mlp_out -> decode(encode(x_in)) (+ x_in @ W_skip.T)``.
     ``use_error_term=True`` adds ``(act - recon).detach()``: outputs are unchanged, gradients reach the
-    features. Yields an :class:`AttachState` (``.features``, ``.recon``, ``.error``).
+    features. Positions the SAE was not trained on keep the model's own activation and read zero
+    features: ``<bos>`` (``skip_bos=False`` splices it too) and the chat prefix of IT transcoders
+    (see :meth:`AttachState.untrained`). Yields an :class:`AttachState` (``.features``, ``.recon``, ``.error``).
     """
 
     def write(
@@ -561,16 +636,22 @@ def splice(model: Any, sae: Any, *, use_error_term: bool = False, entry: Any = N
         state.recon = r
         state.error = (act - r).detach()
         out = r + state.error if use_error_term else r
-        return _keep_prefix(out, act, state.sites.zero_prefix)
+        return _keep(out, act, state.untrained(act))
 
-    with _attach(model, sae, entry, write) as st:
+    with _attach(model, sae, entry, write, skip_bos) as st:
         yield st
 
 
 @contextlib.contextmanager
-def cache_features(model: Any, sae: Any, *, entry: Any = None) -> Iterator[FeatureCache]:
-    """Record the SAE's feature activations ``[batch, pos, d_sae]`` at its input site (model unchanged)."""
-    with _attach(model, sae, entry, None) as st:
+def cache_features(
+    model: Any, sae: Any, *, entry: Any = None, skip_bos: bool = True
+) -> Iterator[FeatureCache]:
+    """Record the SAE's feature activations ``[batch, pos, d_sae]`` at its input site (model unchanged).
+
+    Features on untrained positions (``<bos>`` unless ``skip_bos=False``; the IT transcoders' chat
+    prefix) are reported as 0.
+    """
+    with _attach(model, sae, entry, None, skip_bos) as st:
         yield st.cache
 
 
@@ -585,11 +666,19 @@ def _direction(sae: Any, feature: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def steer(
-    model: Any, sae: Any, feature: int, alpha: float, *, entry: Any = None, positions: Any = None
+    model: Any,
+    sae: Any,
+    feature: int,
+    alpha: float,
+    *,
+    entry: Any = None,
+    positions: Any = None,
+    skip_bos: bool = True,
 ) -> Iterator[AttachState]:
     """Add ``alpha * sae.W_dec[feature]`` to the activation at the SAE's output site.
 
-    ``positions`` (an index or slice over the sequence axis) limits the steered positions. Gemma Scope 2
+    ``positions`` (an index or slice over the sequence axis) limits the steered positions; ``<bos>``
+    (unless ``skip_bos=False``) and an IT transcoder's chat prefix are never steered. Gemma Scope 2
     decoder rows are not unit norm; Neuronpedia's GS2 steering strengths are in the ~1000s.
     """
     d = _direction(sae, feature)
@@ -600,16 +689,19 @@ def steer(
     ) -> torch.Tensor:
         out = act.clone()
         out[..., pos, :] = out[..., pos, :] + alpha * d.to(act.dtype)
-        return out
+        return _keep(out, act, state.untrained(act))
 
-    with _attach(model, sae, entry, write) as st:
+    with _attach(model, sae, entry, write, skip_bos) as st:
         yield st
 
 
 @contextlib.contextmanager
-def ablate(model: Any, sae: Any, feature: int, *, entry: Any = None) -> Iterator[AttachState]:
+def ablate(
+    model: Any, sae: Any, feature: int, *, entry: Any = None, skip_bos: bool = True
+) -> Iterator[AttachState]:
     """Zero one feature and keep the error term: only that feature's contribution
-    (``f_i * W_dec[i]``) is removed from the output site; everything else is unchanged."""
+    (``f_i * W_dec[i]``) is removed from the output site; everything else is unchanged (untrained
+    positions read zero features, so nothing is removed there)."""
     _direction(sae, feature)
 
     def write(
@@ -624,7 +716,7 @@ def ablate(model: Any, sae: Any, feature: int, *, entry: Any = None) -> Iterator
         state.recon, state.error = part, (act - full).detach()
         return part + state.error
 
-    with _attach(model, sae, entry, write) as st:
+    with _attach(model, sae, entry, write, skip_bos) as st:
         yield st
 
 

@@ -171,6 +171,7 @@ def load_hooked(
     hf_model: Any = None,
     tokenizer: Any = None,
     cls: Any = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Any:
     """``HookedTransformer.from_pretrained_no_processing`` of the real 270M (with ``mlp.hook_in`` added).
 
@@ -188,7 +189,7 @@ def load_hooked(
     with offline_hub(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = klass.from_pretrained_no_processing(
-            OFFICIAL_NAME, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
+            OFFICIAL_NAME, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=dtype
         )
     ensure_mlp_hook_in(model)
     return model.eval()

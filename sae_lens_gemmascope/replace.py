@@ -13,10 +13,11 @@ cannot replace ``blocks.L.hook_resid_post``: :func:`crosscoder_encoding` records
 residual hooks in one pass (no change to the model), and :func:`run_with_crosscoder` runs two passes
 (encode, then write ``x̂_j`` (+ error) at the four hooks).
 
-IT models: Gemma Scope 2 was not trained on the chat prefix ``<bos><start_of_turn>user\\n``; on IT
-models the latents of the first ``len(chat_prefix_tokens)`` (= 4) positions are zeroed and the
-original activations are kept there (``zero_positions`` overrides this; PT models zero nothing; BOS
-reconstructions are meaningless in both cases).
+Untrained positions: Gemma Scope was not trained on ``<bos>``, and Gemma Scope 2 IT models were not
+trained on the chat prefix ``<bos><start_of_turn>user\\n``. Their latents are zeroed and the original
+activations are kept there: every ``<bos>`` token (``skip_bos=False`` to include it) and, on IT models,
+the first ``len(chat_prefix_tokens)`` (= 4) positions of each sequence (``zero_positions`` overrides
+the count; PT models have none).
 
 Example (tiny random Gemma 3; see tests/test_replace.py):
     >>> import torch
@@ -115,20 +116,34 @@ def _n_zero(module: MultiLayerModule, zero_positions: int | None) -> int:
     return len(module.chat_prefix_tokens) if zero_positions is None else int(zero_positions)
 
 
-def _zero_prefix(t: torch.Tensor, n: int) -> torch.Tensor:
-    if n <= 0 or t.ndim < 2:
-        return t
-    t = t.clone()
-    t[..., :n, :] = 0
-    return t
+class _Untrained:
+    """The positions of the current pass Gemma Scope was not trained on: ``<bos>`` tokens, and the
+    chat prefix of IT models (see :func:`sae_lens_gemmascope.attach.untrained_positions`)."""
 
+    def __init__(self, model: Any, prefix_len: int, skip_bos: bool) -> None:
+        from .attach import bos_token_id
 
-def _keep_prefix(new: torch.Tensor, old: torch.Tensor, n: int) -> torch.Tensor:
-    if n <= 0 or new.ndim < 2:
-        return new
-    new = new.clone()
-    new[..., :n, :] = old[..., :n, :]
-    return new
+        self.bos = bos_token_id(model)
+        self.prefix_len, self.skip_bos = prefix_len, skip_bos
+        self.tokens: torch.Tensor | None = None
+
+    def see(self, ids: torch.Tensor) -> None:
+        self.tokens = ids
+
+    def mask(self, act: torch.Tensor) -> torch.Tensor | None:
+        from .attach import untrained_positions
+
+        return untrained_positions(
+            act, self.tokens, bos_token_id=self.bos, skip_bos=self.skip_bos, prefix_len=self.prefix_len
+        )
+
+    def zero(self, t: torch.Tensor) -> torch.Tensor:
+        m = self.mask(t)
+        return t if m is None else t.masked_fill(m[..., None], 0)
+
+    def keep(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        m = self.mask(new)
+        return new if m is None else torch.where(m[..., None], old, new)
 
 
 @dataclass
@@ -157,6 +172,7 @@ def clt_replacement(
     use_error_term: bool = False,
     zero_positions: int | None = None,
     model_key: str | None = None,
+    skip_bos: bool = True,
 ) -> Iterator[CLTReplacementState]:
     """Replace the MLP outputs of ``targets`` (default: every block) by the CLT reconstruction.
 
@@ -170,7 +186,7 @@ def clt_replacement(
     tg = list(range(clt.n_blocks)) if targets is None else sorted({int(t) for t in targets})
     sources = sorted({i for j in tg for i in clt.sources_of(j)})
     clt.load(tg)
-    n_zero = _n_zero(clt, zero_positions)
+    untrained = _Untrained(model, _n_zero(clt, zero_positions), skip_bos)
     state = CLTReplacementState()
 
     def encode_hook(
@@ -181,7 +197,7 @@ def clt_replacement(
                 state.clear()
             x = transform(act)
             state.inputs[i] = x
-            state.features[i] = _zero_prefix(clt.encode(i, x), n_zero)
+            state.features[i] = untrained.zero(clt.encode(i, x))
 
         return fn
 
@@ -196,7 +212,7 @@ def clt_replacement(
                 out = recon + err
             else:
                 out = recon
-            return _keep_prefix(out, act, n_zero)
+            return untrained.keep(out, act)
 
         return fn
 
@@ -210,7 +226,9 @@ def clt_replacement(
         name = str(hook_for(key, clt.output_site, clt.layers[j], backend).hook_name)
         fwd.append((name, write_hook(j)))
         state.hook_names[str(j)] = (in_names[j], name)
-    with model.hooks(fwd_hooks=fwd):
+    from .attach import track_tokens
+
+    with model.hooks(fwd_hooks=fwd), track_tokens(model, untrained.see):
         yield state
 
 
@@ -219,7 +237,7 @@ class CrosscoderState:
     """Latents of a crosscoder's four blocks from one pass, and (after :meth:`reconstruct`) x̂ and errors."""
 
     crosscoder: Crosscoder
-    n_zero: int = 0
+    untrained: _Untrained | None = None
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)
     features: dict[int, torch.Tensor] = field(default_factory=dict)
     reconstructions: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -230,7 +248,9 @@ class CrosscoderState:
         cc = self.crosscoder
         for j in range(cc.n_blocks):
             x = self.inputs[j]
-            r = _keep_prefix(cc.decode_to(j, self.features).to(x.dtype), x, self.n_zero)
+            r = cc.decode_to(j, self.features).to(x.dtype)
+            if self.untrained is not None:
+                r = self.untrained.keep(r, x)
             self.reconstructions[j] = r
             self.errors[j] = (x - r).detach()
         return self.reconstructions
@@ -238,7 +258,12 @@ class CrosscoderState:
 
 @contextlib.contextmanager
 def crosscoder_encoding(
-    model: Any, crosscoder: Crosscoder, *, zero_positions: int | None = None, model_key: str | None = None
+    model: Any,
+    crosscoder: Crosscoder,
+    *,
+    zero_positions: int | None = None,
+    model_key: str | None = None,
+    skip_bos: bool = True,
 ) -> Iterator[CrosscoderState]:
     """Record the crosscoder latents at its four ``blocks.L.hook_resid_post`` hooks (model unchanged).
 
@@ -248,12 +273,13 @@ def crosscoder_encoding(
     backend = backend_of(model)
     key = _model_key(crosscoder, model_key)
     crosscoder.load()
-    state = CrosscoderState(crosscoder, n_zero=_n_zero(crosscoder, zero_positions))
+    untrained = _Untrained(model, _n_zero(crosscoder, zero_positions), skip_bos)
+    state = CrosscoderState(crosscoder, untrained=untrained)
 
     def hook(k: int) -> Callable[[torch.Tensor, Any], None]:
         def fn(act: torch.Tensor, hook: Any) -> None:
             state.inputs[k] = act
-            state.features[k] = _zero_prefix(crosscoder.encode(k, act), state.n_zero)
+            state.features[k] = untrained.zero(crosscoder.encode(k, act))
 
         return fn
 
@@ -261,7 +287,9 @@ def crosscoder_encoding(
         (str(hook_for(key, crosscoder.input_site, layer, backend).hook_name), hook(k))
         for k, layer in enumerate(crosscoder.layers)
     ]
-    with model.hooks(fwd_hooks=fwd):
+    from .attach import track_tokens
+
+    with model.hooks(fwd_hooks=fwd), track_tokens(model, untrained.see):
         yield state
 
 
@@ -273,6 +301,7 @@ def run_with_crosscoder(
     use_error_term: bool = True,
     zero_positions: int | None = None,
     model_key: str | None = None,
+    skip_bos: bool = True,
     **forward_kwargs: Any,
 ) -> tuple[Any, CrosscoderState]:
     """Two passes: encode the four layers on a clean run, then write ``x̂_j`` (+ ``error_j``) at each hook.
@@ -281,7 +310,9 @@ def run_with_crosscoder(
     written values equal the clean activations, so the output equals the clean output; with
     ``False`` each ``blocks.layers[j].hook_resid_post`` is overwritten by the crosscoder's ``x̂_j``.
     """
-    with crosscoder_encoding(model, crosscoder, zero_positions=zero_positions, model_key=model_key) as st:
+    with crosscoder_encoding(
+        model, crosscoder, zero_positions=zero_positions, model_key=model_key, skip_bos=skip_bos
+    ) as st:
         model(model_input, **forward_kwargs)
     st.reconstruct()
     backend = backend_of(model)

@@ -165,6 +165,8 @@ class Sandbox:
         cache_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
     ) -> None:
+        # tqdm's "IProgress not found" in notebooks without ipywidgets: noise around every model load
+        warnings.filterwarnings("ignore", message="IProgress not found")
         self.online = hub_available() if online is None else bool(online)
         self.shrink = max(1, int(shrink))
         self.block_width = int(block_width)
@@ -255,7 +257,6 @@ class Sandbox:
         transcoder / CLT input."""
         from .realmodel import load_hooked
 
-        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm in notebooks
         hf, tok = self.hf(model)
         if self.online:
             from transformer_lens import HookedTransformer

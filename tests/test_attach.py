@@ -141,7 +141,10 @@ def test_splice_writes_the_float64_reconstruction(
     site_in = "attn_out" if kind == "attn" else "gs2_transcoder_in"
     x_in, _ = hf_capture(hf, site_in, toks)
     f, pre = f64(sae, x_in)
+    f[:, 0] = 0  # <bos> (every row starts with it): not a trained position
     recon = dec64(sae, f, x_in if kind == "tc" else None).float()
+    orig_out = x_in if kind == "attn" else hf_capture(hf, "mlp_out", toks)[0]
+    recon[:, 0] = orig_out[:, 0]  # the model's own activation is kept at <bos>
     if kind == "attn":  # o_proj input replaced: compare logits with HF where o_proj sees recon
         mod = hf.get_submodule(f"model.layers.{L}.self_attn.o_proj")
         h = mod.register_forward_pre_hook(lambda m, a: (recon,))
@@ -187,7 +190,9 @@ def test_steer_moves_the_output_site_by_alpha_d(
         with steer(model, sae, feature, alpha):
             after = grab()
     d = sae.W_dec[feature].detach()
-    assert (after - before - alpha * d).abs().max().item() <= 1e-5
+    assert (after[:, 1:] - before[:, 1:] - alpha * d).abs().max().item() <= 1e-5
+    assert (after[:, 0] - before[:, 0]).abs().max().item() == 0.0  # <bos> is never steered
+    assert (toks[:, 0] == 2).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -197,6 +202,7 @@ def test_ablate_removes_exactly_one_feature(models: Any, tiny: Any, toks: Any, b
     model = models[backend]
     x_in, _ = hf_capture(hf, "gs2_transcoder_in", toks)
     f, _ = f64(sae, x_in)
+    f[:, 0] = 0  # <bos> reads no features
     counts = (f > 0).sum(dim=(0, 1))
     active, dead = int(counts.argmax()), int(counts.argmin())
     out0, ref_logits = hf_capture(hf, "mlp_out", toks)
@@ -281,6 +287,7 @@ def test_gemma2_gs1_transcoder(backend: str) -> None:
     x, _ = hf_capture(hf, "gs1_transcoder_in", toks)
     x = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + facts.eps)
     f, pre = f64(sae, x)
+    f[:, 0] = 0  # <bos>
     ref = run(model, toks)
     with splice(model, sae, use_error_term=True) as st:
         out = run(model, toks)
@@ -301,6 +308,7 @@ def test_multimodal_language_model_path(backend: str) -> None:
     assert (out - ref).abs().max().item() <= 1e-5 and st.features.shape[-1] == 32
     x, _ = hf_capture(hf, "mlp_out", toks)
     f, pre = f64(sae, x)
+    f[:, 0] = 0  # <bos>
     safe = (pre - sae.threshold.double()).abs() > 1e-4
     assert ((st.features.double() - f).abs() * safe).max().item() <= 1e-4
 
@@ -322,3 +330,24 @@ def test_loaded_sae_and_entry(hf_cache: Any, models: Any, tiny: Any, toks: Any) 
                 out = run(models[backend], toks)
             assert (out - ref).abs().max().item() <= 1e-5
             assert st.sites.site_in == "gs2_transcoder_in" and st.sites.is_transcoder
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bos_is_left_alone_unless_asked(models: Any, tiny: Any, toks: Any, backend: str) -> None:
+    """Gemma Scope was not trained on <bos>: no features there, no write there; skip_bos=False opts in.
+    A continuation chunk without <bos> (a KV-cache generation step) is spliced at every position."""
+    hf = tiny[0]
+    sae = saes(tiny[1])["resid"]
+    model = models[backend]
+    x, _ = hf_capture(hf, "resid_post", toks)
+    f_all, _ = f64(sae, x)
+    with cache_features(model, sae) as c:
+        run(model, toks)
+    assert (c.features[:, 0] == 0).all() and (c.features[:, 1:] > 0).any()
+    with cache_features(model, sae, skip_bos=False) as c_all:
+        run(model, toks)
+    assert ((c_all.features[:, 0].double() - f_all[:, 0]).abs().max().item()) <= 1e-4
+    no_bos = toks[:, 1:]
+    with cache_features(model, sae) as c2:
+        run(model, no_bos)
+    assert (c2.features[:, 0] > 0).any()  # position 0 is not <bos> here

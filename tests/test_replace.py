@@ -49,13 +49,21 @@ def _raw_blocks(
     return out
 
 
-def _ref_clt_target(raw: list[dict[str, np.ndarray]], xs: dict[int, torch.Tensor], j: int) -> np.ndarray:
+def _jumprelu64(x: np.ndarray, p: dict[str, np.ndarray], bos: np.ndarray | None = None) -> np.ndarray:
+    pre = x @ p["w_enc"].astype(np.float64) + p["b_enc"]
+    f = np.maximum(pre, 0) * (pre > p["threshold"].astype(np.float64))
+    if bos is not None:
+        f[bos] = 0  # Gemma Scope was not trained on <bos>: no latents there
+    return f
+
+
+def _ref_clt_target(
+    raw: list[dict[str, np.ndarray]], xs: dict[int, torch.Tensor], j: int, bos: np.ndarray | None = None
+) -> np.ndarray:
     """float64 y_j from the raw arrays and the inputs the model actually produced."""
     y = raw[j]["b_dec"].astype(np.float64)
     for i in range(j + 1):
-        x = xs[i].detach().double().numpy()
-        pre = x @ raw[i]["w_enc"].astype(np.float64) + raw[i]["b_enc"]
-        f = np.maximum(pre, 0) * (pre > raw[i]["threshold"].astype(np.float64))
+        f = _jumprelu64(xs[i].detach().double().numpy(), raw[i], bos)
         y = y + f @ raw[i]["w_dec"][:, j, :].astype(np.float64)
     if "affine_skip_connection" in raw[j]:
         y = y + xs[j].detach().double().numpy() @ raw[j]["affine_skip_connection"].astype(np.float64)
@@ -95,10 +103,14 @@ def test_clt_error_term_keeps_logits_and_plain_replacement_is_exact(
         with clt_replacement(hooked, clt) as st, hooked.hooks(fwd_hooks=cap):
             replaced = hooked(toks)
     assert (replaced - clean).abs().max().item() > 1e-3  # the replacement really changed the model
+    bos = (toks == 2).numpy()
+    assert bos[:, 0].all() and not bos[:, 1:].any()
     for j in range(n):  # every layer, including the last
-        ref = _ref_clt_target(raw, st.inputs, j)
+        ref = _ref_clt_target(raw, st.inputs, j, bos)
         flowed = (got[f"blocks.{j}.hook_resid_post"] - got[f"blocks.{j}.hook_resid_mid"]).double().numpy()
-        np.testing.assert_allclose(flowed, ref, rtol=1e-4, atol=1e-4, err_msg=f"layer {j}")
+        np.testing.assert_allclose(flowed[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-4, err_msg=f"layer {j}")
+        orig = st.originals[j][:, 0].double().numpy()  # <bos>: the model's own MLP output is kept
+        np.testing.assert_allclose(flowed[:, 0], orig, rtol=1e-4, atol=1e-4, err_msg=f"layer {j} <bos>")
         np.testing.assert_allclose(st.reconstructions[j].double().numpy(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -139,8 +151,9 @@ def test_bridge_error_term_keeps_logits(tiny: Any) -> None:
         assert (out - clean).abs().max().item() <= 1e-5
         with clt_replacement(bridge, clt, targets=[2]) as st:
             bridge(toks)
+    bos = (toks == 2).numpy()
     np.testing.assert_allclose(
-        st.reconstructions[2].double().numpy(), _ref_clt_target(raw, st.inputs, 2), rtol=1e-5, atol=1e-5
+        st.reconstructions[2].double().numpy(), _ref_clt_target(raw, st.inputs, 2, bos), rtol=1e-5, atol=1e-5
     )
     assert sorted(st.reconstructions) == [2]
 
@@ -187,14 +200,15 @@ def test_crosscoder_encode_decode_on_residual_hooks(hooked: Any, tiny: Any) -> N
         with crosscoder_encoding(hooked, cc) as st:
             hooked(toks)
     xs = [cache[f"blocks.{L}.hook_resid_post"].double().numpy() for L in layers]
+    bos = (toks == 2).numpy()
     fs = []
     for k in range(4):
-        pre = xs[k] @ raw[k]["w_enc"].astype(np.float64) + raw[k]["b_enc"]
-        fs.append(np.maximum(pre, 0) * (pre > raw[k]["threshold"].astype(np.float64)))
+        fs.append(_jumprelu64(xs[k], raw[k], bos))
         np.testing.assert_allclose(st.features[k].double().numpy(), fs[k], rtol=1e-4, atol=1e-5)
     rec = st.reconstruct()
     for j in range(4):
         ref = sum(fs[k] @ raw[k]["w_dec"][:, j, :].astype(np.float64) for k in range(4)) + raw[j]["b_dec"]
+        ref[bos] = xs[j][bos]  # <bos> keeps the model's own residual
         np.testing.assert_allclose(rec[j].double().numpy(), ref, rtol=1e-4, atol=1e-4)
 
     with torch.no_grad():

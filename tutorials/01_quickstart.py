@@ -146,7 +146,8 @@ plt.show()
 # ## Without TransformerLens
 #
 # The same features on the plain Hugging Face model: `attach.cache_features` hooks the module the
-# SAE was trained on (`model.layers.9` output here) and leaves the model unchanged.
+# SAE was trained on (`model.layers.9` output here) and leaves the model unchanged. It reports no
+# features on `<bos>`, which Gemma Scope was not trained on.
 
 # %%
 from sae_lens_gemmascope import attach
@@ -154,7 +155,8 @@ from sae_lens_gemmascope import attach
 hf, tok = sb.hf()
 with attach.cache_features(hf, sae) as fc:
     hf(tok(prompt, return_tensors="pt").input_ids)
-diff = (fc.features[0] - f).abs().max() / f.abs().max()
+print("features on <bos>:", int((fc.features[0, 0] > 0).sum()))
+diff = (fc.features[0, 1:] - f[1:]).abs().max() / f[1:].abs().max()
 print(
     f"HookedTransformer vs Hugging Face features: max difference {float(diff):.1e} of the largest activation"
 )

@@ -62,10 +62,14 @@ print("canonical (closest to 100):", canon.sae_id, "->", canon.path)
 # ## Three metrics
 #
 # All three skip `<bos>`: Gemma Scope was not trained on it, and its residual norm is orders of
-# magnitude larger than any other token's. The spliced loss keeps the original activation at position 0.
+# magnitude larger than any other token's (`attach.splice` leaves it alone for the same reason).
+# This notebook uses the plain Hugging Face model; the `attach` helpers hook the module each SAE was
+# trained on (`model.layers.9` output here), exactly as they hook a TransformerLens model.
 
 # %%
-model = sb.hooked()
+from sae_lens_gemmascope import attach
+
+hf, tok = sb.hf()
 EVAL = [
     "The train to Madrid leaves at half past nine, so we should be at the station by nine.",
     "for i in range(10):\n    if i % 3 == 0:\n        print(i, 'is divisible by three')",
@@ -73,30 +77,26 @@ EVAL = [
     "I asked my brother whether he had fed the cat, and he said he had forgotten again.",
     "Seventeen plus twenty-five is forty-two, and forty-two divided by six is seven.",
 ]
-batches = [model.to_tokens(t) for t in EVAL]
-HOOK = f"blocks.{LAYER}.hook_resid_post"
-clean = [model.run_with_cache(toks, return_type="loss", names_filter=HOOK) for toks in batches]
+batches = [tok(t, return_tensors="pt").input_ids for t in EVAL]
+SITE = ("resid_post", LAYER)
+clean = []
+for ids in batches:
+    with attach.record(hf, "gemma-3-270m", [SITE]) as acts:
+        loss = hf(ids, labels=ids).loss  # mean next-token loss
+    clean.append((float(loss), acts[SITE][0, 1:]))
 
 
 def metrics(sae) -> dict[str, float]:
-    assert sae.cfg.metadata.hook_name == HOOK
     sq_err = total_var = l0_sum = n_tok = d_loss = 0.0
-    for toks, (clean_loss, cache) in zip(batches, clean, strict=True):
-        x = cache[HOOK][0, 1:]
+    for ids, (clean_loss, x) in zip(batches, clean, strict=True):
         f = sae.encode(x)
         x_hat = sae.decode(f)
         sq_err += float(((x - x_hat) ** 2).sum())
         total_var += float(((x - x.mean(0)) ** 2).sum())
         l0_sum += float((f > 0).sum())
         n_tok += x.shape[0]
-
-        def splice(act, hook):
-            out = sae(act)
-            out[:, 0] = act[:, 0]  # keep <bos>
-            return out
-
-        spliced = model.run_with_hooks(toks, return_type="loss", fwd_hooks=[(HOOK, splice)])
-        d_loss += float(spliced - clean_loss)
+        with attach.splice(hf, sae):  # the reconstruction replaces layer 9's output (not at <bos>)
+            d_loss += float(hf(ids, labels=ids).loss) - clean_loss
     return {"L0": l0_sum / n_tok, "VE": 1 - sq_err / total_var, "dCE": d_loss / len(batches)}
 
 

@@ -23,7 +23,8 @@
 # | steer | `alpha * W_dec[i]` is added | choose **positions** (never `<bos>`) and an `alpha` on the scale of the residual stream |
 #
 # The helpers in `sae_lens_gemmascope.attach` are context managers that work on a HookedTransformer,
-# a TransformerBridge or a plain Hugging Face model, at the site the SAE was trained on.
+# a TransformerBridge or a plain Hugging Face model, at the site the SAE was trained on. This notebook
+# uses the plain Hugging Face model (the same calls work on the others).
 
 # %%
 ONLINE = None  # None: the hub if reachable; False: force the offline sandbox; True: require the hub
@@ -42,8 +43,15 @@ print(sb.banner())
 RELEASE, SAE_ID = "gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium"
 sae = sb.sae(RELEASE, SAE_ID)
 entry = sb.entry(RELEASE, SAE_ID)
-model = sb.hooked()
-tokens = model.to_tokens("The Eiffel Tower is in the city of Paris, the capital of France.")
+model, tok = sb.hf()
+tokens = tok(
+    "The Eiffel Tower is in the city of Paris, the capital of France.", return_tensors="pt"
+).input_ids
+
+
+def logits_of(ids):
+    return model(ids).logits
+
 
 # %% [markdown]
 # ## Splicing: with and without the error term
@@ -51,14 +59,14 @@ tokens = model.to_tokens("The Eiffel Tower is in the city of Paris, the capital 
 # `splice(model, sae)` writes `decode(encode(x))` over the activation. With `use_error_term=True` it
 # writes `recon + (x - recon).detach()`: the forward pass is exactly the model's, but gradients and
 # interventions on the features flow through the SAE. That is the baseline every ablation and
-# attribution should start from.
+# attribution should start from. (`<bos>` keeps the model's own activation either way.)
 
 # %%
-clean = model(tokens)
+clean = logits_of(tokens)
 with attach.splice(model, sae, use_error_term=False):
-    spliced = model(tokens)
+    spliced = logits_of(tokens)
 with attach.splice(model, sae, use_error_term=True) as st:
-    with_err = model(tokens)
+    with_err = logits_of(tokens)
 
 
 def loss(logits):
@@ -83,7 +91,7 @@ print(
 # error and overstates the effect.
 
 # %%
-strs = model.to_str_tokens(tokens)
+strs = [tok.decode([t]) for t in tokens[0]]
 paris = strs.index(" Paris")
 f = st.features[0]
 specificity = f[paris] - f[1:].mean(0)
@@ -94,18 +102,21 @@ print(
 print("Neuronpedia:", entry.feature_url(feat))
 
 with attach.ablate(model, sae, feat):
-    ablated = model(tokens)
+    ablated = logits_of(tokens)
 
 
-def naive_ablation(act, hook):
+def naive_ablation(module, args, output):  # a torch hook on the layer the SAE reads (model.layers.9)
+    act = output[0] if isinstance(output, tuple) else output
     g = sae.encode(act)
     g[..., feat] = 0
     out = sae.decode(g)
-    out[:, 0] = act[:, 0]
-    return out
+    out[:, 0] = act[:, 0]  # keep <bos>
+    return (out, *output[1:]) if isinstance(output, tuple) else out
 
 
-naive = model.run_with_hooks(tokens, fwd_hooks=[(sae.cfg.metadata.hook_name, naive_ablation)])
+handle = model.model.layers[entry.layer].register_forward_hook(naive_ablation)
+naive = logits_of(tokens)
+handle.remove()
 pos = paris + 1  # the prediction after " Paris"
 for name, lg in [("ablate (error kept)", ablated), ("naive (error dropped)", naive)]:
     kl = torch.nn.functional.kl_div(
@@ -119,25 +130,27 @@ for name, lg in [("ablate (error kept)", ablated), ("naive (error dropped)", nai
 # Adding `alpha * W_dec[feat]` pushes the residual stream towards the feature. Two things matter:
 #
 # * **Positions.** Steer the prompt's real tokens (and, when generating, the new ones), never
-#   `<bos>`: Gemma Scope was not trained on it, and its residual is huge and special.
+#   `<bos>`: Gemma Scope was not trained on it, and its residual is huge and special. The helpers
+#   skip `<bos>` tokens themselves; `positions=` restricts steering further.
 # * **Scale.** Gemma's residual stream is large (layer 9 of 270M: thousands) and Gemma Scope 2
 #   decoder rows are not unit-norm, so an `alpha` copied from a GPT-2 tutorial does nothing. Express
 #   it relative to the typical residual norm.
 
 # %%
-_, cache = model.run_with_cache(tokens, names_filter=sae.cfg.metadata.hook_name)
-resid_norm = float(cache[sae.cfg.metadata.hook_name][0, 1:].norm(dim=-1).median())
+with attach.record(model, entry.model, [("resid_post", entry.layer)]) as acts:
+    model(tokens)
+resid_norm = float(acts[("resid_post", entry.layer)][0, 1:].norm(dim=-1).median())
 d_norm = float(sae.W_dec[feat].norm())
 print(f"median residual norm {resid_norm:.0f}; |W_dec[{feat}]| = {d_norm:.2f}")
 
-prompt = model.to_tokens("My favourite place to visit is")
-target = model.to_single_token(" Paris")
+prompt = tok("My favourite place to visit is", return_tensors="pt").input_ids
+target = tok(" Paris", add_special_tokens=False).input_ids[0]
 fractions = [0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3]
 logprobs = []
 for frac in fractions:
     alpha = frac * resid_norm / d_norm
-    with attach.steer(model, sae, feat, alpha, positions=slice(1, None)):
-        lp = model(prompt)[0, -1].log_softmax(-1)
+    with attach.steer(model, sae, feat, alpha):  # every position but <bos>
+        lp = logits_of(prompt)[0, -1].log_softmax(-1)
     logprobs.append(float(lp[target]))
     print(f"alpha = {frac:.3f} x residual norm: log p(' Paris') = {logprobs[-1]:7.2f}")
 
@@ -154,23 +167,18 @@ plt.show()
 
 # %% [markdown]
 # A little steering moves the prediction; too much pushes the residual stream off the model's
-# distribution and everything degrades. Generating with steering: a plain greedy loop without a KV
-# cache re-runs the whole sequence each step, so `positions=slice(1, None)` steers every token except
-# `<bos>`, the new ones included.
+# distribution and everything degrades. Generating with steering: `generate` with its KV cache runs
+# one new token per step, and `positions=slice(1, None)` would skip it (it is position 0 of that
+# step). Steer every position instead (`positions=None`): `<bos>` is never steered anyway.
 
 # %%
 best = fractions[max(range(len(fractions)), key=logprobs.__getitem__)]
 
 
-def greedy(toks, n=8):
-    for _ in range(n):
-        toks = torch.cat([toks, model(toks)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return model.to_string(toks[0, 1:])
-
-
 for frac in (0.0, best):
-    with attach.steer(model, sae, feat, frac * resid_norm / d_norm, positions=slice(1, None)):
-        print(f"{frac:.3f}: {greedy(prompt)!r}")
+    with attach.steer(model, sae, feat, frac * resid_norm / d_norm):
+        out = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    print(f"{frac:.3f}: {tok.decode(out[0, 1:])!r}")
 
 # %% [markdown]
 # ## PT and IT releases are separate

@@ -889,7 +889,7 @@ def check_3(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
             else:
                 from sae_lens_gemmascope.attach import splice
 
-                with torch.no_grad(), splice(ht, sae):
+                with torch.no_grad(), splice(ht, sae, skip_bos=False):  # the task splices <bos> too
                     _reference_agrees(
                         "attach.splice",
                         want_down,
@@ -1000,7 +1000,7 @@ def check_4(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
         if f"4-{positions}" not in ctx.verified:
             from sae_lens_gemmascope.attach import steer
 
-            with torch.no_grad(), steer(ht, sae, feature, alpha, positions=positions):
+            with torch.no_grad(), steer(ht, sae, feature, alpha, positions=positions, skip_bos=False):
                 _reference_agrees(
                     "attach.steer", want_down, ht(tokens, stop_at_layer=DOWNSTREAM).detach(), atol_rel=1e-4
                 )
@@ -1077,7 +1077,7 @@ def check_5(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
     if "5" not in ctx.verified:
         from sae_lens_gemmascope.attach import splice
 
-        with torch.enable_grad(), splice(ht, tc, use_error_term=True) as st:
+        with torch.enable_grad(), splice(ht, tc, use_error_term=True, skip_bos=False) as st:
             logits = ht(tokens)
             (gr,) = torch.autograd.grad(logits[0, -1, target], st.features)
             pkg = (st.features * gr)[0].detach()
