@@ -67,6 +67,7 @@ __all__ = [
     "check_model_match",
     "check_processing",
     "is_folded",
+    "place",
     "random_sae",
     "record",
     "resolve_sites",
@@ -524,11 +525,27 @@ class AttachState:
 # ----------------------------------------------------------------------------- the SAE
 
 
+def place(sae: Any, like: torch.Tensor) -> None:
+    """Move ``sae`` to the device and dtype of the activation ``like`` (the tensor of the module it
+    hooks), keeping a JumpReLU threshold in float32: a bf16 threshold would move the firing boundary.
+
+    Called on the first forward pass of every attach context, so an SAE hooked into a model spread
+    over several devices (accelerate ``device_map``) lands where its layer lives.
+    """
+    ref = next((t for t in sae.parameters() if t.dtype.is_floating_point), None)
+    if ref is not None and ref.device == like.device and ref.dtype == like.dtype:
+        return
+    thr = getattr(sae, "threshold", None)
+    keep32 = isinstance(thr, torch.Tensor) and thr.dtype == torch.float32
+    sae.to(device=like.device, dtype=like.dtype)
+    thr = getattr(sae, "threshold", None)
+    if keep32 and isinstance(thr, torch.Tensor) and thr.dtype != torch.float32:
+        thr.data = thr.data.float()
+
+
 def _prepare_sae(model: Any, sae: Any) -> Callable[[], None]:
-    """Move the SAE to the model's device/dtype and switch off SAELens' own hook_z reshaping
-    (activations are flattened here); return a function that restores the reshaping mode."""
-    p = next(model.parameters())
-    sae.to(device=p.device, dtype=p.dtype)
+    """Switch off SAELens' own hook_z reshaping (activations are flattened here); return a function
+    that restores the reshaping mode."""
     if getattr(sae, "hook_z_reshaping_mode", False):
         sae.turn_off_forward_pass_hook_z_reshaping()
         return sae.turn_on_forward_pass_hook_z_reshaping
@@ -593,6 +610,7 @@ def _attach(
     held: dict[str, torch.Tensor] = {}
 
     def on_in(x: torch.Tensor) -> torch.Tensor | None:
+        place(sae, x)
         f = _encode(sae, x, state.untrained(x))
         held["x_in"] = x
         held["f"] = f
@@ -632,7 +650,7 @@ def splice(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
         assert f is not None
-        r = _recon(sae, f, x_in if state.sites.is_transcoder else None).to(act.dtype)
+        r = _recon(sae, f, x_in if state.sites.is_transcoder else None).to(act.device, act.dtype)
         state.recon = r
         state.error = (act - r).detach()
         out = r + state.error if use_error_term else r
@@ -688,7 +706,7 @@ def steer(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
         out = act.clone()
-        out[..., pos, :] = out[..., pos, :] + alpha * d.to(act.dtype)
+        out[..., pos, :] = out[..., pos, :] + alpha * d.to(act.device, act.dtype)
         return _keep(out, act, state.untrained(act))
 
     with _attach(model, sae, entry, write, skip_bos) as st:
@@ -709,10 +727,10 @@ def ablate(
     ) -> torch.Tensor:
         assert f is not None
         xi = x_in if state.sites.is_transcoder else None
-        full = _recon(sae, f, xi).to(act.dtype)
+        full = _recon(sae, f, xi).to(act.device, act.dtype)
         f2 = f.clone()
         f2[..., feature] = 0
-        part = _recon(sae, f2, xi).to(act.dtype)
+        part = _recon(sae, f2, xi).to(act.device, act.dtype)
         state.recon, state.error = part, (act - full).detach()
         return part + state.error
 

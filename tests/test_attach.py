@@ -351,3 +351,26 @@ def test_bos_is_left_alone_unless_asked(models: Any, tiny: Any, toks: Any, backe
     with cache_features(model, sae) as c2:
         run(model, no_bos)
     assert (c2.features[:, 0] > 0).any()  # position 0 is not <bos> here
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_sae_lands_on_the_dtype_of_the_hooked_module_threshold_stays_fp32(
+    tiny: Any, toks: Any, dtype: torch.dtype
+) -> None:
+    import copy
+
+    hf = copy.deepcopy(tiny[0]).to(dtype)
+    sae = saes(tiny[1])["tc"]
+    ref = run(hf, toks)
+    with splice(hf, sae, use_error_term=True) as st:
+        out = run(hf, toks)
+    assert sae.W_enc.dtype == dtype and sae.W_skip.dtype == dtype and st.features.dtype == dtype
+    assert sae.threshold.dtype == torch.float32  # a bf16 threshold would move the firing boundary
+    tol = 1e-8 if dtype == torch.float64 else 0.05 * ref.abs().max().item()
+    assert (out.double() - ref.double()).abs().max().item() <= tol
+    # the features follow the fp32 threshold on the pre-activations of the hooked dtype
+    x_in, _ = hf_capture(hf, "gs2_transcoder_in", toks)
+    pre = x_in @ sae.W_enc + sae.b_enc
+    want = torch.relu(pre) * (pre.float() > sae.threshold).to(pre.dtype)
+    want[:, 0] = 0  # <bos>
+    assert torch.equal(st.features, want)

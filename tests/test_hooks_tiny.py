@@ -190,3 +190,25 @@ def test_site_of_hook_round_trip() -> None:
             assert site_of_hook("gemma-3-1b-pt", str(name), backend) == (site, layer)
     with pytest.raises(HookMappingError, match="pre-norm residual"):
         site_of_hook("gemma-3-1b-pt", "blocks.3.hook_mlp_in")
+
+
+def test_hf_backend_every_site_matches_hf(family_setup: dict[str, Any]) -> None:
+    """The plain Hugging Face backend of the attach helpers (``attach.record`` / torch hooks from the
+    ``hf`` column) reads the same tensors as the independent references, for every site."""
+    from sae_lens_gemmascope.attach import record
+
+    facts, toks, ref = family_setup["facts"], family_setup["toks"], family_setup["ref"]
+    points = [
+        (site, layer)
+        for site in SITES
+        for layer in ([None] if site == "embedding" else range(facts.n_layers))
+    ]
+    with torch.no_grad(), record(family_setup["hf"], facts.model_key, points) as got:
+        logits = family_setup["hf"](toks).logits
+    assert torch.equal(logits, ref["logits"])  # the model is unchanged
+    worst: dict[str, float] = {}
+    for site, layer in points:
+        diff = (got[(site, layer)].double() - ref[(site, layer)].double()).abs().max().item()
+        assert diff <= 1e-6 * max(1.0, ref[(site, layer)].abs().max().item()), (site, layer, diff)
+        worst[site] = max(worst.get(site, 0.0), diff)
+    print(f"\n{family_setup['family']:18s} hf             " + " ".join(f"{s}={worst[s]:.1e}" for s in SITES))

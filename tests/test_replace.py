@@ -158,15 +158,15 @@ def test_bridge_error_term_keeps_logits(tiny: Any) -> None:
     assert sorted(st.reconstructions) == [2]
 
 
-def test_folded_hooked_transformer_refused(tiny: Any) -> None:
+def test_folded_models_refused(tiny: Any) -> None:
     hf, facts = tiny
-    folded = to_hooked(hf, FAMILY, processing=True)
     clt = CrossLayerTranscoder.from_tensors(
         _raw_blocks(facts.n_layers, facts.d_model, causal=True), model=facts.model_key
     )
-    with pytest.raises(HookMappingError, match="from_pretrained_no_processing"):
-        with clt_replacement(folded, clt):
-            pass
+    for folded in (to_hooked(hf, FAMILY, processing=True), to_bridge(hf, compat=True)):
+        with pytest.raises(HookMappingError, match="from_pretrained_no_processing"):
+            with clt_replacement(folded, clt):
+                pass
 
 
 def test_it_chat_prefix_positions_are_zeroed(hooked: Any, tiny: Any) -> None:

@@ -78,7 +78,8 @@ texts = [
     "Water boils at one hundred degrees and freezes at zero.",
 ]
 n = clt.n_blocks
-TARGETS = list(range(n)) if not sb.online else [0, n // 2, n - 1]  # online: every file is ~0.7 GB
+# online, each of the 18 files is ~0.7 GB, and rebuilding layer j needs files 0..j: pick a few layers
+TARGETS = list(range(n)) if not sb.online else [0, n // 2, n - 1]
 clt.load(TARGETS)
 names = [f"blocks.{i}.mlp.hook_in" for i in range(n)] + [f"blocks.{j}.hook_mlp_out" for j in range(n)]
 caches = [model.run_with_cache(model.to_tokens(t), names_filter=names)[1] for t in texts]
@@ -138,7 +139,7 @@ plt.show()
 
 # %%
 if sb.online:
-    print("Online: the full replacement loads every decoder slice (~6.5 GiB for the 270m 262k CLT).")
+    print("Online: the full replacement reads every decoder slice (about half of the CLT's fp32 size).")
 clt.load()
 tokens = model.to_tokens(texts[0])
 clean = model(tokens, return_type="loss")
@@ -162,7 +163,7 @@ print(f"active latents per token, all {n} blocks together: {float(l0):.0f}")
 # %%
 XC = ("gemma-scope-2-270m-pt-crosscoder", "layer_5_9_12_15_width_1m_l0_big")
 if sb.online:
-    print("Online: this crosscoder is 4 x 262k latents, about 17 GiB in fp32.")
+    print(f"Online: this crosscoder is {sb.entry(*XC).size_bytes() / 2**30:.1f} GiB in fp32.")
 cc = sb.crosscoder(*XC)
 with crosscoder_encoding(model, cc) as st:
     model(tokens)
