@@ -125,6 +125,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         except ValueError:
             pass
     any_filter = any(v is not None for v in filters.values()) or l0 is not None or args.status
+    if args.repos:
+        repo_rows = [[repo, ", ".join(rels)] for repo, rels in sorted(registry.repos().items())]
+        print(_table(repo_rows, ["repo", "releases"]))
+        return 0
     if args.release is None and not any_filter:
         rows = []
         for rel in registry.releases():
@@ -247,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status", choices=["observed", "expected"])
     s.add_argument("--counts", action="store_true", help="count ids per release instead of listing them")
     s.add_argument("--limit", type=int, default=200)
+    s.add_argument("--repos", action="store_true", help="list the Hugging Face repos and their releases")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("show", help="every fact about one artifact, with a Python snippet")
@@ -303,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GemmaScopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `gemmascope list | head`: the reader left; not an error of ours
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

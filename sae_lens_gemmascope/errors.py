@@ -10,15 +10,15 @@ class GemmaScopeError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class UnknownReleaseError(GemmaScopeError, KeyError):
-    """The release name is not in the registry."""
+class UnknownReleaseError(GemmaScopeError, KeyError, ValueError):
+    """The release name is not in the registry (a ``ValueError`` too, like SAELens' own error)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownSaeIdError(GemmaScopeError, KeyError):
-    """The release exists but has no such sae_id."""
+class UnknownSaeIdError(GemmaScopeError, KeyError, ValueError):
+    """The release exists but has no such sae_id (a ``ValueError`` too, like SAELens' own error)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -22,9 +22,10 @@ code               severity  meaning
 ``np-alias``       info      a Neuronpedia id answers only under a known alternative spelling
 =================  ========  ===========================================================================
 
-The exit code of :func:`cli_check_hub` is 1 when any error remains, else 0 (``confirmed`` is not a
-failure: an entry that turns out to exist makes the registry too cautious, not wrong). 2 means the
-command could not run (unknown repo, bad replay directory).
+The exit code of :func:`cli_check_hub` is 1 when any error remains or an ``expected`` entry was
+found on the hub without ``--write`` (``confirmed``: the registry is too cautious, and a scheduled
+check should stay red until someone records it), else 0. 2 means the command could not run
+(unknown repo, bad replay directory).
 
 The hub is reached through a small :class:`HubClient` protocol, so the same check runs on recorded
 listings (:class:`ReplayHub`, ``--replay DIR``) in the tests.
@@ -896,7 +897,9 @@ def cli_check_hub(args: Any) -> int:
         return 2
     print(format_report(reports))
     errors = [f for r in reports for f in r.errors]
+    pending = [f for r in reports for f in r.findings if f.code == "confirmed"]
     if getattr(args, "write", False):
+        pending = []  # write_fixes records every confirmed entry as observed
         before = C.build_index(directory)
         log = write_fixes(reports, directory)
         if not log:
@@ -922,4 +925,6 @@ def cli_check_hub(args: Any) -> int:
             errors = [f for f in errors if not (f.code == "extra" and (f.repo_id, f.path) in fixed)]
     if any(f.code == "no-listing" for f in errors):
         return 2 if len(errors) == sum(f.code == "no-listing" for f in errors) else 1
-    return 1 if errors else 0
+    if pending and not errors:
+        print(f"check-hub: {len(pending)} expected entries are on the hub; record them with --write")
+    return 1 if errors or pending else 0

@@ -5,6 +5,11 @@ What :func:`register` does (idempotent):
 * adds our converters to SAELens' ``NAMED_PRETRAINED_SAE_LOADERS`` and
   ``NAMED_PRETRAINED_SAE_CONFIG_GETTERS`` under our own names (``gemmascope_gs1_npz``,
   ``gemmascope_gs2_safetensors``, ``gemmascope_multilayer``);
+* wraps ``SAE.from_pretrained_with_cfg_and_sparsity`` (which ``SAE.from_pretrained`` calls) with
+  :func:`resolve_for_saelens`: a Gemma Scope release with an unknown sae_id, a misspelt Gemma Scope
+  release, or a raw Gemma Scope repo id with a folder that does not exist raise our errors with close
+  matches; a raw repo id with a real folder (``SAE.from_pretrained("google/gemma-scope-2b-pt-res",
+  "layer_20/width_16k/average_l0_71")``) is loaded through its release, with its metadata;
 * wraps ``get_pretrained_saes_directory`` (SAELens' ``functools.cache``-d YAML parse, imported by name
   into several modules) so that the first call after registration adds one :class:`LazyReleaseLookup`
   per registry release to the **same cached dict** SAELens hands everyone. Our lookups replace
@@ -191,6 +196,60 @@ def saelens_config_getter(
     return _apply_overrides(cfg, over)
 
 
+def resolve_for_saelens(release: str, sae_id: str) -> tuple[str, str]:
+    """What ``SAE.from_pretrained(release, sae_id)`` should load, or a teaching error.
+
+    * a registry release: ``sae_id`` must be one of its ids (:class:`UnknownSaeIdError` with close
+      matches otherwise);
+    * a Gemma Scope repo id (``google/gemma-scope-2b-pt-res``): ``sae_id`` is a folder of it, mapped to
+      its ``(release, sae_id)`` (``UnknownSaeIdError`` naming the releases otherwise);
+    * a name that is neither but looks like a Gemma Scope release: :class:`UnknownReleaseError` with
+      close matches;
+    * anything else is SAELens' business and passes through unchanged.
+
+    >>> resolve_for_saelens("google/gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")
+    ('gemma-scope-2b-pt-res', 'layer_20/width_16k/average_l0_71')
+    """
+    from .errors import UnknownReleaseError, UnknownSaeIdError, close_matches
+    from .loading import entry_for_folder
+
+    if registry.is_release(release):
+        entry = registry.get(release, sae_id)  # raises with close matches
+        return release, entry.sae_id
+    repos = registry.repos()
+    if release in repos:
+        try:
+            e = entry_for_folder(release, sae_id)
+        except UnknownSaeIdError as err:
+            raise UnknownSaeIdError(
+                f"{err} {release} is a Gemma Scope repo; its releases are {', '.join(repos[release])}: "
+                f"use SAE.from_pretrained({repos[release][0]!r}, sae_id) with an id from "
+                f"`gemmascope list --release {repos[release][0]}`."
+            ) from None
+        return e.release, e.sae_id
+    if "gemma-scope" in release.lower() and "/" not in release:
+        registry.release_info(release)  # raises UnknownReleaseError with close matches
+    elif "gemma-scope" in release.lower() and close_matches(release, repos):
+        raise UnknownReleaseError(
+            f"{release!r} is not a Gemma Scope repo. Did you mean {', '.join(close_matches(release, repos))}? "
+            "Or pass a release name (`gemmascope list`)."
+        )
+    return release, sae_id
+
+
+def _guarded_from_pretrained(original: Any) -> Any:
+    def from_pretrained_with_cfg_and_sparsity(
+        cls: Any, release: str, sae_id: str, *args: Any, **kwargs: Any
+    ) -> Any:
+        release, sae_id = resolve_for_saelens(release, sae_id)
+        return original.__func__(cls, release, sae_id, *args, **kwargs)
+
+    from_pretrained_with_cfg_and_sparsity.__doc__ = original.__doc__
+    from_pretrained_with_cfg_and_sparsity.__wrapped__ = original  # type: ignore[attr-defined]
+    from_pretrained_with_cfg_and_sparsity._gemmascope = True  # type: ignore[attr-defined]
+    return classmethod(from_pretrained_with_cfg_and_sparsity)
+
+
 def multilayer_loader(repo_id: str, folder_name: str, *args: Any, **kwargs: Any) -> Any:
     """Registered for CLT/crosscoder releases: always raises a typed error naming the right API."""
     from .loading import entry_for_folder
@@ -204,8 +263,12 @@ def register() -> None:
     """Register our loaders and releases with SAELens (imports SAELens; idempotent)."""
     import sae_lens.loading.pretrained_sae_loaders as loaders
     import sae_lens.loading.pretrained_saes_directory as directory_mod
+    from sae_lens.saes.sae import SAE
 
     with _lock:
+        current_fp = SAE.__dict__["from_pretrained_with_cfg_and_sparsity"]
+        if not getattr(current_fp.__func__, "_gemmascope", False):
+            SAE.from_pretrained_with_cfg_and_sparsity = _guarded_from_pretrained(current_fp)
         for fmt in ("gs1_npz", "gs2_safetensors"):
             loaders.NAMED_PRETRAINED_SAE_LOADERS[LOADER_NAMES[fmt]] = saelens_loader
             loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOADER_NAMES[fmt]] = saelens_config_getter

@@ -208,11 +208,11 @@ def load_bridge(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    from .tiny import offline_hub
+    from .tiny import no_package_installs, offline_hub
 
     if hf_model is None or tokenizer is None:
         hf_model, tokenizer = load_hf(cache_dir)
     klass = cls or TransformerBridge
-    with offline_hub():
+    with offline_hub(), no_package_installs():
         bridge = klass.boot_transformers(OFFICIAL_NAME, hf_model=hf_model, tokenizer=tokenizer, device="cpu")
     return bridge.eval()

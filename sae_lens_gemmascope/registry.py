@@ -215,6 +215,8 @@ def _check_release(release: str) -> None:
     man = _manifest()
     if release in man["releases"]:
         return
+    if f"google/{release}" in man["repos"]:  # the repo's name without its owner
+        release = f"google/{release}"
     if release in man["repos"]:
         names = ", ".join(man["repos"][release])
         raise UnknownReleaseError(

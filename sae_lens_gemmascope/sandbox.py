@@ -285,9 +285,12 @@ class Sandbox:
         if self.online:
             from transformer_lens.model_bridge import TransformerBridge
 
-            return (cls or TransformerBridge).boot_transformers(
-                get_model(key).hf_id, hf_model=hf, tokenizer=tok, device="cpu"
-            )
+            from .tiny import no_package_installs
+
+            with no_package_installs():  # TransformerLens would pip-install torchvision for 4b+ models
+                return (cls or TransformerBridge).boot_transformers(
+                    get_model(key).hf_id, hf_model=hf, tokenizer=tok, device="cpu"
+                )
         return load_bridge(hf_model=hf, tokenizer=tok, cls=cls)
 
     def tokens(self, text: str, model: str = OFFLINE_BASE) -> torch.Tensor:

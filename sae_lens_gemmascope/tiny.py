@@ -310,6 +310,29 @@ def offline_hub() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
+@contextlib.contextmanager
+def no_package_installs() -> Iterator[None]:
+    """Make any ``pip`` / ``uv`` run started inside the block fail at once instead of installing.
+
+    TransformerLens 3.9's ``boot_transformers`` runs ``pip install torchvision`` into the current
+    interpreter when a multimodal model's processor cannot be loaded (always, offline). With an
+    unpinned index that replaces torch with a multi-GB CUDA build in the middle of a session; with
+    no index reachable it only costs time. The bridge works without the processor (text only).
+    """
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("PIP_NO_INDEX", "PIP_FIND_LINKS", "UV_OFFLINE", "UV_NO_INDEX")}
+    os.environ.update({"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "UV_OFFLINE": "1", "UV_NO_INDEX": "1"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def to_hooked(
     hf_model: Any,
     family: str,
@@ -355,7 +378,8 @@ def to_bridge(hf_model: Any, compat: bool = False, copy_model: bool = True, toke
     m = copy.deepcopy(hf_model) if copy_model else hf_model
     name = getattr(m.config, "name_or_path", None) or "google/gemma-3-270m"
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
-    with offline_hub():  # the multimodal adapter tries AutoProcessor.from_pretrained(name)
+    # the multimodal adapter tries AutoProcessor.from_pretrained(name), then `pip install torchvision`
+    with offline_hub(), no_package_installs():
         bridge = TransformerBridge.boot_transformers(name, hf_model=m, tokenizer=tok, device="cpu")
     if compat:
         bridge.enable_compatibility_mode()

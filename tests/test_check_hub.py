@@ -121,8 +121,12 @@ def test_gs2_faults(no_network: None) -> None:
         f"feature 0 ({NP}/gemma-3-270m/9-gemmascope-2-res-65k/0 -> 404)"
     ]
     assert got["stray"] == ["resid_post/notes.txt: stray file (ignored)"]
-    assert len(got["confirmed"]) == 70  # the whole transcoder/ grid (72) but the 2 already observed
-    assert all(m.startswith("transcoder/") for m in got["confirmed"])
+    # the whole transcoder/ grid (72) but the 2 already observed, and the CLT only seen in third-party code
+    assert len(got["confirmed"]) == 71
+    assert sum(m.startswith("transcoder/") for m in got["confirmed"]) == 70
+    assert [m for m in got["confirmed"] if m.startswith("clt/")] == [
+        "clt/width_262k_l0_medium_affine: status is expected but it is on the hub (--write: observed)"
+    ]
     assert set(got) == {"missing", "missing-file", "extra", "shape", "neuronpedia", "stray", "confirmed"}
 
 
@@ -196,10 +200,16 @@ def test_write_updates_yaml_in_place(
         "    status_exceptions:",
         "      layer_9_width_16k_l0_small_affine: observed   # SAELens 6.54.12 (listing generated from the hub, 2025-12-19)",
         "      layer_15_width_262k_l0_big_affine: observed   # SAELens 6.54.12 (listing generated from the hub, 2025-12-19)",
+        "        status: expected",
+        '        evidence: "folder name used in public third-party code (gemma-scope-2.md §1.2)"',
     ]
     assert added[0] == "      - layer_9_width_262k_l0_medium_seed_2"
     assert added[1].startswith('    evidence: "hub listing (gemmascope check-hub, ')
     assert added[1].endswith('; was expected: announced grid only"')
+    # the CLT seen only in third-party code so far (its new "status: observed" line is not new text)
+    assert len(added) == 3 and added[2].endswith(
+        '; was expected: folder name used in public third-party code (gemma-scope-2.md §1.2)"'
+    )
     # a second run finds nothing left to write and no confirmations
     got = findings("google/gemma-scope-2-270m-pt", directory=reg_copy)
     assert "confirmed" not in got and len(got["extra"]) == 1
@@ -334,10 +344,22 @@ def test_report_collapses_long_confirmations_and_unrecorded_answers(
         "  NOTE  confirmed: transcoder/: 70 folders with status expected are on the hub (--write: observed)"
         in out
     )
-    assert "summary: 4 errors, 70 to confirm, 1 info in 1 repos" in out
+    assert "summary: 4 errors, 71 to confirm, 1 info in 1 repos" in out
     got = findings("google/gemma-scope-27b-pt-res", links=ReplayLinks(FIXTURES))
     assert got == {
         "neuronpedia": [
             "3 Neuronpedia ids have no recorded answer in the replay (e.g. gemma-2-27b/10-gemmascope-res-131k)"
         ]
     }
+
+
+def test_confirmed_expected_entries_fail_until_written(
+    reg_copy: Path, no_network: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = reg_copy / "gemma-scope-27b-pt-res.yaml"
+    f.write_text(f.read_text().replace("\nstatus: observed\n", "\nstatus: expected\n", 1))
+    assert cli_check_hub(args(repo=["gemma-scope-27b-pt-res"], registry_dir=str(reg_copy))) == 1
+    assert "18 expected entries are on the hub; record them with --write" in capsys.readouterr().out
+    assert cli_check_hub(args(repo=["gemma-scope-27b-pt-res"], write=True, registry_dir=str(reg_copy))) == 0
+    assert cli_check_hub(args(repo=["gemma-scope-27b-pt-res"], registry_dir=str(reg_copy))) == 0
+    assert "\nstatus: observed\n" in f.read_text()

@@ -212,3 +212,27 @@ def test_hf_backend_every_site_matches_hf(family_setup: dict[str, Any]) -> None:
         assert diff <= 1e-6 * max(1.0, ref[(site, layer)].abs().max().item()), (site, layer, diff)
         worst[site] = max(worst.get(site, 0.0), diff)
     print(f"\n{family_setup['family']:18s} hf             " + " ".join(f"{s}={worst[s]:.1e}" for s in SITES))
+
+
+def test_multimodal_bridge_never_installs_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TransformerLens' boot_transformers pip-installs torchvision when a multimodal processor cannot
+    be loaded (always, offline); our wrappers make such a run fail at once instead of installing."""
+    import importlib.metadata
+    import os
+    import subprocess
+
+    calls: list[tuple[list[str], str | None]] = []
+    real = subprocess.check_call
+
+    def spy(cmd: Any, *a: Any, **k: Any) -> Any:
+        calls.append((list(cmd), os.environ.get("PIP_NO_INDEX")))
+        return real(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "check_call", spy)
+    before = importlib.metadata.version("torch")
+    hf, _ = tiny_gemma("gemma3_multimodal", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        to_bridge(hf)
+    assert importlib.metadata.version("torch") == before
+    assert all(no_index == "1" for _, no_index in calls), calls

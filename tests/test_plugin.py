@@ -83,8 +83,8 @@ def test_converter_argument_with_raw_repo_id(hf_cache, no_network):
 
     entry = registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium")
     write_entry(entry, hf_cache)
-    with pytest.warns(UserWarning, match="registered in the official"):
-        sae = SAE.from_pretrained(entry.repo_id, entry.path, converter=saelens_loader)
+    # the raw repo id is mapped to its release (so SAELens has no reason to warn about it)
+    sae = SAE.from_pretrained(entry.repo_id, entry.path, converter=saelens_loader)
     assert sae.cfg.metadata.hook_name == "blocks.9.hook_resid_post"
 
 
@@ -108,3 +108,45 @@ def test_multilayer_release_points_to_multilayer_api(no_network):
     rel = "gemma-scope-2-1b-pt-crosscoder"
     with pytest.raises(MultiLayerReleaseError, match=r"Crosscoder\.from_pretrained"):
         sae_lens_gemmascope.load(rel, registry.sae_ids(rel)[0])
+
+
+@pytest.mark.parametrize(
+    "release,sae_id,exc,says",
+    [
+        (
+            "gemma-scope-2b-pt-rez",
+            "layer_20/width_16k/average_l0_71",
+            "UnknownReleaseError",
+            "gemma-scope-2b-pt-res",
+        ),
+        ("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_70", "UnknownSaeIdError", "average_l0_71"),
+        (
+            "google/gemma-scope-2b-pt-res",
+            "layer_20/width_16k/average_l0_7",
+            "UnknownSaeIdError",
+            "its releases are",
+        ),
+        (
+            "google/gemma-scope-2b-pt-rs",
+            "layer_20/width_16k/average_l0_71",
+            "UnknownReleaseError",
+            "Did you mean",
+        ),
+    ],
+)
+def test_sae_from_pretrained_errors_teach(release, sae_id, exc, says, hf_cache, no_network):
+    from sae_lens import SAE
+
+    with pytest.raises(ValueError) as info:  # SAELens' own errors are ValueErrors: still catchable as such
+        SAE.from_pretrained(release, sae_id)
+    assert type(info.value).__name__ == exc and says in str(info.value), str(info.value)
+
+
+def test_sae_from_pretrained_accepts_a_raw_repo_id_and_folder(hf_cache, no_network):
+    from sae_lens import SAE
+
+    entry = registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium")
+    write_entry(entry, hf_cache)  # real shapes: SAE.from_pretrained checks them against the registry
+    sae = SAE.from_pretrained(entry.repo_id, entry.path)  # "google/gemma-scope-2-270m-pt", "resid_post/..."
+    assert sae.cfg.metadata.gemmascope_release == entry.release  # loaded through its release
+    assert sae.cfg.metadata.hook_name == "blocks.9.hook_resid_post" and sae.cfg.d_sae == 16384
