@@ -786,6 +786,20 @@ def check_2(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
 # ================================================================================== exercise 3
 
 
+def _expect_downstream(
+    ctx: Context, tokens: torch.Tensor, name: str, fn: Any, want: torch.Tensor, case: Any
+) -> None:
+    """The residual stream a few blocks after the learner's hook must match the solution's."""
+    expect(
+        f"residual stream after block {DOWNSTREAM - 1} with your hook at {name}",
+        ctx.downstream(tokens, [(name, _wrap_hook(fn))]),
+        want,
+        context=case,
+        atol_rel=1e-3,
+        rtol=1e-3,
+    )
+
+
 def _grad(out: Any, leaf: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
         return None
@@ -897,14 +911,7 @@ def check_3(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
                         atol_rel=1e-4,
                     )
             ctx.verified.add(f"3-{use_error_term}")
-        expect(
-            f"residual stream after block {DOWNSTREAM - 1} with your hook at {name}",
-            ctx.downstream(tokens, [(name, _wrap_hook(fn))]),
-            want_down,
-            context=case,
-            atol_rel=1e-3,
-            rtol=1e-3,
-        )
+        _expect_downstream(ctx, tokens, name, fn, want_down, case)
 
 
 # ================================================================================== exercise 4
@@ -1005,14 +1012,7 @@ def check_4(ctx: Context, mod: ModuleType, ref: ModuleType) -> None:
                     "attach.steer", want_down, ht(tokens, stop_at_layer=DOWNSTREAM).detach(), atol_rel=1e-4
                 )
             ctx.verified.add(f"4-{positions}")
-        expect(
-            f"residual stream after block {DOWNSTREAM - 1} with your hook at {name}",
-            ctx.downstream(tokens, [(name, _wrap_hook(fn))]),
-            want_down,
-            context=case,
-            atol_rel=1e-3,
-            rtol=1e-3,
-        )
+        _expect_downstream(ctx, tokens, name, fn, want_down, case)
 
 
 # ================================================================================== exercise 5
