@@ -203,7 +203,8 @@ def resolve_for_saelens(release: str, sae_id: str) -> tuple[str, str]:
       matches otherwise);
     * a Gemma Scope repo id (``google/gemma-scope-2b-pt-res``): ``sae_id`` is a folder of it, mapped to
       its ``(release, sae_id)`` (``UnknownSaeIdError`` naming the releases otherwise);
-    * a name that is neither but looks like a Gemma Scope release: :class:`UnknownReleaseError` with
+    * another release of SAELens' directory passes through unchanged;
+    * a name close to a Gemma Scope release or repo (a typo): :class:`UnknownReleaseError` with the
       close matches;
     * anything else is SAELens' business and passes through unchanged.
 
@@ -227,11 +228,16 @@ def resolve_for_saelens(release: str, sae_id: str) -> tuple[str, str]:
                 f"`gemmascope list --release {repos[release][0]}`."
             ) from None
         return e.release, e.sae_id
-    if "gemma-scope" in release.lower() and "/" not in release:
-        registry.release_info(release)  # raises UnknownReleaseError with close matches
-    elif "gemma-scope" in release.lower() and close_matches(release, repos):
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    if release in get_pretrained_saes_directory():
+        return release, sae_id  # another SAELens release
+    if "/" not in release and close_matches(release, registry.releases()):
+        registry.release_info(release)  # raises UnknownReleaseError with the close matches
+    near_repos = close_matches(release, repos) if "/" in release else []
+    if near_repos:
         raise UnknownReleaseError(
-            f"{release!r} is not a Gemma Scope repo. Did you mean {', '.join(close_matches(release, repos))}? "
+            f"{release!r} is not a Gemma Scope repo. Did you mean {', '.join(near_repos)}? "
             "Or pass a release name (`gemmascope list`)."
         )
     return release, sae_id
