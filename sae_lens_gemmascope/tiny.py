@@ -147,8 +147,10 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0, scale: float = 0.5) -
 def facts_for(hf_model: Any, family: str) -> TinyFacts:
     """TinyFacts of an HF Gemma model (tiny or real) of ``family``."""
     tc = hf_model.config.get_text_config() if family == "gemma3_multimodal" else hf_model.config
+    from .hooks import hook_for
+    from .models import get_model
+
     official, key = STAND_IN[family]
-    mm = family == "gemma3_multimodal"
     return TinyFacts(
         family=family,
         model_key=key,
@@ -160,8 +162,8 @@ def facts_for(hf_model: Any, family: str) -> TinyFacts:
         d_head=tc.head_dim,
         d_mlp=tc.intermediate_size,
         d_vocab=tc.vocab_size,
-        hf_layers_path="model.language_model.layers" if mm else "model.layers",
-        hf_embed_path="model.language_model.embed_tokens" if mm else "model.embed_tokens",
+        hf_layers_path=get_model(key).hf_layers_path,
+        hf_embed_path=hook_for(key, "embedding", backend="hf").hf_module,
         eps=tc.rms_norm_eps,
     )
 
