@@ -117,7 +117,7 @@ print(json.dumps({"alone": t1 - t0, "first_lookup": t2 - t1}))
 
 def write_big(entry, cache: Path, d_sae: int) -> Path:
     """Write a real-layout file of ``entry`` with width ``d_sae`` without holding it twice in memory."""
-    from sae_lens_gemmascope.synthetic import DEFAULT_COMMIT, repo_cache_dir
+    from sae_lens_gemmascope.offline.synthetic import DEFAULT_COMMIT, repo_cache_dir
 
     g = np.random.default_rng(0)
     d = entry.d_in

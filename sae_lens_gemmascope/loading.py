@@ -8,7 +8,7 @@ need SAELens' YAML directory, so the first load skips its parse.
 Example:
     >>> import tempfile, torch
     >>> from sae_lens_gemmascope import load, registry
-    >>> from sae_lens_gemmascope.synthetic import write_entry
+    >>> from sae_lens_gemmascope.offline.synthetic import write_entry
     >>> cache = tempfile.mkdtemp()
     >>> e = registry.get("gemma-scope-2-270m-pt-transcoders", "transcoder/layer_9_width_16k_l0_small_affine")
     >>> _ = write_entry(e, cache, d_sae=16)

@@ -735,7 +735,7 @@ class MultiLayerModule(nn.Module):
         Every file is checked against the registry shapes (``ShapeMismatchError`` names both).
         ``strict_shapes=False`` instead takes d_model and the block width from file 0 (and still checks
         the number of blocks, the target axis and every other file against it): for shrunken synthetic
-        files written by :func:`sae_lens_gemmascope.synthetic.write_entry`.
+        files written by :func:`sae_lens_gemmascope.offline.synthetic.write_entry`.
         """
         from . import registry
 

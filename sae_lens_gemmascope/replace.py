@@ -21,7 +21,7 @@ the count; PT models have none).
 
 Example (tiny random Gemma 3; see tests/test_replace.py):
     >>> import torch
-    >>> from sae_lens_gemmascope.tiny import tiny_gemma, to_hooked, tiny_tokens  # doctest: +SKIP
+    >>> from sae_lens_gemmascope.offline.tiny import tiny_gemma, to_hooked, tiny_tokens  # doctest: +SKIP
     >>> hf, facts = tiny_gemma("gemma3_text")  # doctest: +SKIP
     >>> model = to_hooked(hf, "gemma3_text")  # doctest: +SKIP
     >>> with clt_replacement(model, clt, use_error_term=True) as state:  # doctest: +SKIP

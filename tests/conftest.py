@@ -14,7 +14,7 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty HF hub cache directory, made the default, with HF_HUB_OFFLINE=1.
 
     huggingface_hub reads its environment at import time, so its ``constants`` are patched too.
-    Fill it with ``sae_lens_gemmascope.synthetic.write_entry(entry, hf_cache, ...)``.
+    Fill it with ``sae_lens_gemmascope.offline.synthetic.write_entry(entry, hf_cache, ...)``.
     """
     import huggingface_hub.constants as hfc
 

@@ -17,12 +17,11 @@ from sae_lens_gemmascope.attach import (
     PromptWarning,
     ablate,
     cache_features,
-    random_sae,
     splice,
     steer,
 )
 from sae_lens_gemmascope.errors import HookMappingError
-from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens, to_bridge, to_hooked
+from sae_lens_gemmascope.offline.tiny import random_sae, tiny_gemma, tiny_tokens, to_bridge, to_hooked
 
 FAM, KEY = "gemma3_text", "gemma-3-270m"
 L = 5
@@ -317,7 +316,7 @@ def test_loaded_sae_and_entry(hf_cache: Any, models: Any, tiny: Any, toks: Any) 
     """An SAE written in the real GS2 format and loaded through the normal loader attaches by its metadata."""
     import sae_lens_gemmascope
     from sae_lens_gemmascope import registry
-    from sae_lens_gemmascope.synthetic import write_entry
+    from sae_lens_gemmascope.offline.synthetic import write_entry
 
     d = tiny[1].d_model
     e = registry.get("gemma-scope-2-270m-pt-transcoders", "transcoder/layer_5_width_16k_l0_small_affine")

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from sae_lens_gemmascope import _compile as C
 from sae_lens_gemmascope._paths import registry_dir
-from sae_lens_gemmascope.hubcheck import (
+from sae_lens_gemmascope.maintainers import compile_index as C
+from sae_lens_gemmascope.maintainers.hubcheck import (
     LiveHub,
     ReplayHub,
     ReplayLinks,
@@ -26,7 +26,7 @@ from sae_lens_gemmascope.hubcheck import (
     cli_check_hub,
     fixture_name,
 )
-from sae_lens_gemmascope.yamledit import YamlEditError, YamlEditor, check_same
+from sae_lens_gemmascope.maintainers.yamledit import YamlEditError, YamlEditor, check_same
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hub"
 NP = "https://www.neuronpedia.org/api/feature"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae_lens_gemmascope.fitting import fit_jumprelu, fit_multilayer
+from sae_lens_gemmascope.offline.fitting import fit_jumprelu, fit_multilayer
 
 
 def _acts(n: int = 1500, d: int = 32, seed: int = 0) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from sae_lens_gemmascope.attach import check_processing, is_folded
 from sae_lens_gemmascope.errors import HookMappingError
 from sae_lens_gemmascope.hooks import SITES, hook_for, site_of_hook
-from sae_lens_gemmascope.tiny import FAMILIES, tiny_gemma, tiny_tokens, to_bridge, to_hooked
+from sae_lens_gemmascope.offline.tiny import FAMILIES, tiny_gemma, tiny_tokens, to_bridge, to_hooked
 
 WRAPPERS = ("ht_noproc", "ht_default", "bridge_raw", "bridge_compat")
 

@@ -12,7 +12,7 @@ import torch
 
 from sae_lens_gemmascope import load, load_with_cfg_and_sparsity, registry
 from sae_lens_gemmascope.hooks import hook_for
-from sae_lens_gemmascope.synthetic import jumprelu_params, put_file, write_entry
+from sae_lens_gemmascope.offline.synthetic import jumprelu_params, put_file, write_entry
 
 D_SAE = 48
 

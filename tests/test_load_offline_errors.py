@@ -13,7 +13,13 @@ from sae_lens_gemmascope.errors import (
     UnknownReleaseError,
     UnknownSaeIdError,
 )
-from sae_lens_gemmascope.synthetic import jumprelu_params, npz_bytes, put_file, safetensors_bytes, write_entry
+from sae_lens_gemmascope.offline.synthetic import (
+    jumprelu_params,
+    npz_bytes,
+    put_file,
+    safetensors_bytes,
+    write_entry,
+)
 
 GS1 = ("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")
 GS2 = ("gemma-scope-2-1b-pt-res", "layer_13_width_16k_l0_medium")

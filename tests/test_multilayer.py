@@ -27,7 +27,7 @@ from sae_lens_gemmascope.multilayer import (
     WrongKindError,
     layer_file_name,
 )
-from sae_lens_gemmascope.synthetic import put_file, safetensors_bytes, write_entry
+from sae_lens_gemmascope.offline.synthetic import put_file, safetensors_bytes, write_entry
 
 CLT = ("gemma-scope-2-270m-pt-clt", "width_262k_l0_big")
 CLT_AFFINE = ("gemma-scope-2-270m-pt-clt", "width_262k_l0_medium_affine")

@@ -12,7 +12,7 @@ import torch
 import sae_lens_gemmascope
 from sae_lens_gemmascope import registry
 from sae_lens_gemmascope.loading import MultiLayerReleaseError
-from sae_lens_gemmascope.synthetic import write_entry
+from sae_lens_gemmascope.offline.synthetic import write_entry
 
 
 def test_import_is_cheap_and_registers_after_sae_lens():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sae_lens_gemmascope.coverage import END, START, readme_block
+from sae_lens_gemmascope.maintainers.coverage import END, START, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_coverage_table_is_current() -> None:
     text = (ROOT / "README.md").read_text()
     block = text[text.index(START) : text.index(END) + len(END)]
-    assert block == readme_block(), "regenerate with `python -m sae_lens_gemmascope.coverage`"
+    assert block == readme_block(), "regenerate with `python -m sae_lens_gemmascope.maintainers.coverage`"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

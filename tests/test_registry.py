@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sae_lens_gemmascope import _compile, registry
+from sae_lens_gemmascope import registry
 from sae_lens_gemmascope._paths import INDEX_DIR
 from sae_lens_gemmascope.errors import UnknownReleaseError, UnknownSaeIdError
+from sae_lens_gemmascope.maintainers import compile_index as _compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

@@ -10,8 +10,8 @@ import torch
 
 from sae_lens_gemmascope.errors import HookMappingError
 from sae_lens_gemmascope.multilayer import Crosscoder, CrossLayerTranscoder
+from sae_lens_gemmascope.offline.tiny import tiny_gemma, tiny_tokens, to_bridge, to_hooked
 from sae_lens_gemmascope.replace import clt_replacement, crosscoder_encoding, run_with_crosscoder
-from sae_lens_gemmascope.tiny import tiny_gemma, tiny_tokens, to_bridge, to_hooked
 
 FAMILY = "gemma3_text"
 WIDTH = 32

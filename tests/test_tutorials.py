@@ -1,7 +1,7 @@
 """The tutorials: every notebook executes end to end offline and renders its plots; .py and .ipynb agree.
 
 Notebooks run in a real Jupyter kernel (nbclient) with ``HF_HUB_OFFLINE=1``, so they take the offline
-path of :class:`sae_lens_gemmascope.sandbox.Sandbox`: the real Gemma 3 270M from PyPI plus synthetic
+path of :class:`sae_lens_gemmascope.offline.sandbox.Sandbox`: the real Gemma 3 270M from PyPI plus synthetic
 Gemma-Scope-format files. The executed copies (with outputs and plots) go to ``build/tutorials/``.
 """
 

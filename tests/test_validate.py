@@ -10,7 +10,7 @@ import pytest
 
 from sae_lens_gemmascope._paths import registry_dir
 from sae_lens_gemmascope.cli import main
-from sae_lens_gemmascope.validate import RULES, validate
+from sae_lens_gemmascope.maintainers.validate import RULES, validate
 
 
 def _edit(fname: str, old: str, new: str) -> Callable[[Path], None]:

@@ -32,7 +32,7 @@ ONLINE = None  # None: the hub if reachable; False: force the offline sandbox; T
 import torch
 
 from sae_lens_gemmascope import registry
-from sae_lens_gemmascope.sandbox import Sandbox
+from sae_lens_gemmascope.offline.sandbox import Sandbox
 
 torch.set_grad_enabled(False)
 sb = Sandbox(online=ONLINE, shrink=16)

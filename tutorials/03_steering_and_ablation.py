@@ -34,7 +34,7 @@ import warnings
 import torch
 
 from sae_lens_gemmascope import attach
-from sae_lens_gemmascope.sandbox import Sandbox
+from sae_lens_gemmascope.offline.sandbox import Sandbox
 
 torch.set_grad_enabled(False)
 sb = Sandbox(online=ONLINE, shrink=16)

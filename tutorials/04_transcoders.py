@@ -30,7 +30,7 @@ import torch
 
 from sae_lens_gemmascope import attach
 from sae_lens_gemmascope.hooks import BACKENDS, hook_for
-from sae_lens_gemmascope.sandbox import Sandbox
+from sae_lens_gemmascope.offline.sandbox import Sandbox
 
 torch.set_grad_enabled(False)
 sb = Sandbox(online=ONLINE, shrink=16)
@@ -92,7 +92,7 @@ for n in names:
 
 # %%
 from sae_lens_gemmascope.errors import HookMappingError
-from sae_lens_gemmascope.tiny import tiny_gemma, to_hooked
+from sae_lens_gemmascope.offline.tiny import tiny_gemma, to_hooked
 
 tiny_hf, _ = tiny_gemma("gemma3_text")
 folded = to_hooked(tiny_hf, "gemma3_text", processing=True)

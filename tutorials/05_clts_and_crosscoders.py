@@ -32,8 +32,8 @@ ONLINE = None  # None: the hub if reachable; False: force the offline sandbox; T
 import torch
 
 from sae_lens_gemmascope import registry
+from sae_lens_gemmascope.offline.sandbox import Sandbox
 from sae_lens_gemmascope.replace import clt_replacement, crosscoder_encoding, run_with_crosscoder
-from sae_lens_gemmascope.sandbox import Sandbox
 
 torch.set_grad_enabled(False)
 sb = Sandbox(online=ONLINE, shrink=16, block_width=256)

@@ -35,7 +35,7 @@ import torch
 
 from sae_lens_gemmascope import attach
 from sae_lens_gemmascope.models import get_model
-from sae_lens_gemmascope.sandbox import Sandbox
+from sae_lens_gemmascope.offline.sandbox import Sandbox
 
 torch.set_grad_enabled(False)
 sb = Sandbox(online=ONLINE, shrink=16)

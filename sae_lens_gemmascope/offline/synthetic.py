@@ -10,7 +10,7 @@ The weights are random: **they are not Gemma Scope weights** and say nothing abo
 Example:
     >>> import tempfile
     >>> from sae_lens_gemmascope import registry
-    >>> from sae_lens_gemmascope.synthetic import write_entry
+    >>> from sae_lens_gemmascope.offline.synthetic import write_entry
     >>> cache = tempfile.mkdtemp()
     >>> e = registry.get("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium")
     >>> paths = write_entry(e, cache, d_sae=32)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import Entry
+from ..registry import Entry
 
 DEFAULT_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -114,7 +114,7 @@ def safetensors_bytes(params: Mapping[str, np.ndarray]) -> bytes:
 
 def gs2_config(entry: Entry, width: int | None = None) -> dict[str, object]:
     """A ``config.json`` in the key order of the real Gemma Scope 2 files."""
-    from .hooks import hook_for
+    from ..hooks import hook_for
 
     def hf_point(site: str, layer: int) -> str:
         spec = hook_for(entry.model, site, layer, backend="hf")

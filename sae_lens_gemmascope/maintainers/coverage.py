@@ -1,6 +1,6 @@
 """The README's coverage table (registry vs SAELens 6.54.12), generated from the registry.
 
-Run ``python -m sae_lens_gemmascope.coverage`` to print it; a test fails when the README drifts.
+Run ``python -m sae_lens_gemmascope.maintainers.coverage`` to print it; a test fails when the README drifts.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from . import registry
+from .. import registry
 
 START = "<!-- coverage:start -->"
 END = "<!-- coverage:end -->"

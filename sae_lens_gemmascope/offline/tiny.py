@@ -17,7 +17,7 @@ The weights are random: nothing here says anything about Gemma itself.
 
 Example:
     >>> import torch
-    >>> from sae_lens_gemmascope.tiny import tiny_gemma
+    >>> from sae_lens_gemmascope.offline.tiny import tiny_gemma
     >>> hf, facts = tiny_gemma("gemma3_text", seed=0)
     >>> (facts.model_key, facts.n_layers, facts.d_model, facts.n_heads * facts.d_head)
     ('gemma-3-270m', 6, 64, 128)
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .guards import no_package_installs, offline_hub
 
 FAMILIES: tuple[str, ...] = ("gemma2", "gemma3_text", "gemma3_multimodal")
 
@@ -147,8 +149,8 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0, scale: float = 0.5) -
 def facts_for(hf_model: Any, family: str) -> TinyFacts:
     """TinyFacts of an HF Gemma model (tiny or real) of ``family``."""
     tc = hf_model.config.get_text_config() if family == "gemma3_multimodal" else hf_model.config
-    from .hooks import hook_for
-    from .models import get_model
+    from ..hooks import hook_for
+    from ..models import get_model
 
     official, key = STAND_IN[family]
     return TinyFacts(
@@ -292,49 +294,6 @@ def _patched_tl_config(overrides: dict[str, Any], tokenizer_name: str | None) ->
         loading.convert_hf_model_config = real
 
 
-@contextlib.contextmanager
-def offline_hub() -> Iterator[None]:
-    """Make huggingface_hub / transformers fail fast instead of retrying a network call."""
-    import os
-
-    import huggingface_hub.constants as hfc
-
-    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hfc.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hfc.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hfc.HF_HUB_OFFLINE = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
-
-
-@contextlib.contextmanager
-def no_package_installs() -> Iterator[None]:
-    """Make any ``pip`` / ``uv`` run started inside the block fail at once instead of installing.
-
-    TransformerLens 3.9's ``boot_transformers`` runs ``pip install torchvision`` into the current
-    interpreter when a multimodal model's processor cannot be loaded (always, offline). With an
-    unpinned index that replaces torch with a multi-GB CUDA build in the middle of a session; with
-    no index reachable it only costs time. The bridge works without the processor (text only).
-    """
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("PIP_NO_INDEX", "PIP_FIND_LINKS", "UV_OFFLINE", "UV_NO_INDEX")}
-    os.environ.update({"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "UV_OFFLINE": "1", "UV_NO_INDEX": "1"})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def to_hooked(
     hf_model: Any,
     family: str,
@@ -363,7 +322,7 @@ def to_hooked(
         load = klass.from_pretrained if processing else klass.from_pretrained_no_processing
         model = load(official, hf_model=hf_model, tokenizer=tok, device="cpu", dtype=torch.float32)
     if add_mlp_hook_in:
-        from .hooks import ensure_mlp_hook_in
+        from ..hooks import ensure_mlp_hook_in
 
         ensure_mlp_hook_in(model)
     return model.eval()
@@ -386,3 +345,64 @@ def to_bridge(hf_model: Any, compat: bool = False, copy_model: bool = True, toke
     if compat:
         bridge.enable_compatibility_mode()
     return bridge.eval()
+
+
+def random_sae(
+    model: str,
+    site: str,
+    layer: int | None,
+    *,
+    d_in: int,
+    d_sae: int = 32,
+    d_out: int | None = None,
+    site_out: str | None = None,
+    skip: bool = False,
+    seed: int = 0,
+    threshold: float = 0.05,
+) -> Any:
+    """A SAELens JumpReLU SAE / transcoder with random weights and Gemma Scope metadata, for tests
+    and examples (no file, no hub). **Random weights: says nothing about Gemma.**"""
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        JumpReLUSkipTranscoder,
+        JumpReLUSkipTranscoderConfig,
+        JumpReLUTranscoder,
+        JumpReLUTranscoderConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+
+    from ..hooks import hook_for
+    from ..models import get_model
+
+    facts = get_model(model)
+    spec = hook_for(facts.key, site, layer)
+    g = torch.Generator().manual_seed(seed)
+    out_site = site_out or site
+    d_out = d_out or d_in
+    meta = {"model_name": facts.hf_id, "hook_name": spec.hook_name}
+    if out_site != site:
+        meta["hook_name_out"] = hook_for(facts.key, out_site, layer).hook_name
+        kw = dict(
+            d_in=d_in, d_sae=d_sae, d_out=d_out, apply_b_dec_to_input=False, metadata=SAEMetadata(**meta)
+        )
+        cfg = (JumpReLUSkipTranscoderConfig if skip else JumpReLUTranscoderConfig)(**kw)  # type: ignore[arg-type]
+        sae = (JumpReLUSkipTranscoder if skip else JumpReLUTranscoder)(cfg)  # type: ignore[arg-type]
+    else:
+        cfg = JumpReLUSAEConfig(
+            d_in=d_in,
+            d_sae=d_sae,
+            apply_b_dec_to_input=False,
+            reshape_activations=spec.reshape,
+            metadata=SAEMetadata(**meta),
+        )
+        sae = JumpReLUSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.W_dec.copy_(torch.randn(d_sae, d_out, generator=g) / d_sae**0.5)
+        sae.b_dec.copy_(torch.randn(d_out, generator=g) * 0.1)
+        sae.threshold.fill_(threshold)
+        if skip:
+            sae.W_skip.copy_(torch.randn(d_out, d_in, generator=g) / d_in**0.5)
+    return sae.eval()

@@ -1,6 +1,6 @@
 """Fit synthetic JumpReLU weights to real activations in one closed-form step (no training loop).
 
-The offline sandbox (:mod:`sae_lens_gemmascope.sandbox`) writes Gemma-Scope-format files whose weights
+The offline sandbox (:mod:`sae_lens_gemmascope.offline.sandbox`) writes Gemma-Scope-format files whose weights
 are **synthetic**, but not pure noise: they are fitted to the real Gemma 3 270M's activations on a
 small built-in corpus, so that reconstructions, L0 / width trade-offs, steering and ablation behave
 plausibly in tutorials. They are not Gemma Scope weights and their features mean nothing in particular.
@@ -21,7 +21,7 @@ Multi-layer models fit every target block jointly on the latents of the blocks t
 
 Example:
     >>> import torch
-    >>> from sae_lens_gemmascope.fitting import fit_jumprelu
+    >>> from sae_lens_gemmascope.offline.fitting import fit_jumprelu
     >>> x = torch.randn(400, 16, dtype=torch.float64)
     >>> p = fit_jumprelu(x, d_sae=64, l0=8, seed=0)
     >>> sorted(p), p["w_enc"].shape, p["w_dec"].shape

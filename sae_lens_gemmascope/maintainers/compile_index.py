@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ._paths import INDEX_DIR, registry_dir
+from .._paths import INDEX_DIR, registry_dir
 
 INDEX_VERSION = 1
 

@@ -19,10 +19,10 @@ plumbing and hook equality, not for reproducing Neuronpedia activations. Gemma t
 (shipped with the package).
 
 Example:
-    >>> from sae_lens_gemmascope.realmodel import model_cache_dir
+    >>> from sae_lens_gemmascope.offline.realmodel import model_cache_dir
     >>> model_cache_dir("/tmp/x").as_posix()
     '/tmp/x'
-    >>> from sae_lens_gemmascope.realmodel import load_hf  # doctest: +SKIP
+    >>> from sae_lens_gemmascope.offline.realmodel import load_hf  # doctest: +SKIP
     >>> hf, tok = load_hf()  # doctest: +SKIP
 """
 
@@ -180,8 +180,8 @@ def load_hooked(
     """
     from transformer_lens import HookedTransformer
 
-    from .hooks import ensure_mlp_hook_in
-    from .tiny import offline_hub
+    from ..hooks import ensure_mlp_hook_in
+    from .guards import offline_hub
 
     if hf_model is None or tokenizer is None:
         hf_model, tokenizer = load_hf(cache_dir)
@@ -208,7 +208,7 @@ def load_bridge(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    from .tiny import no_package_installs, offline_hub
+    from .guards import no_package_installs, offline_hub
 
     if hf_model is None or tokenizer is None:
         hf_model, tokenizer = load_hf(cache_dir)

@@ -57,10 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import _compile as C
-from ._paths import registry_dir as default_registry_dir
-from .errors import close_matches
-from .registry import Entry
+from .._paths import registry_dir as default_registry_dir
+from ..errors import close_matches
+from ..registry import Entry
+from . import compile_index as C
 from .yamledit import PathSeg, YamlEditor, check_same
 
 NPZ_SLACK = 64 * 1024

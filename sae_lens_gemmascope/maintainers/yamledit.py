@@ -104,7 +104,7 @@ def check_same(text: str, intended: Any) -> None:
     if got != intended:
         raise YamlEditError(
             "the edited YAML does not parse to the intended document; nothing was written. "
-            "Edit the file by hand and report this as a bug of sae_lens_gemmascope.yamledit."
+            "Edit the file by hand and report this as a bug of sae_lens_gemmascope.maintainers.yamledit."
         )
 
 
