@@ -23,6 +23,9 @@ from .plugin import register, register_when_sae_lens_is_imported
 
 if TYPE_CHECKING:
     from .loading import load, load_with_cfg_and_sparsity
+    from .multilayer import Crosscoder, CrossLayerTranscoder
+    from .partial import SAEDecoder, SAEEncoder
+    from .sparse import decode_sparse, encode_sparse, encode_topk
 
 __all__ = [
     "load",
@@ -31,6 +34,11 @@ __all__ = [
     "register",
     "CrossLayerTranscoder",
     "Crosscoder",
+    "SAEEncoder",
+    "SAEDecoder",
+    "encode_topk",
+    "encode_sparse",
+    "decode_sparse",
     "attach",
 ]
 
@@ -39,6 +47,11 @@ _LAZY = {
     "load_with_cfg_and_sparsity": ".loading",
     "CrossLayerTranscoder": ".multilayer",
     "Crosscoder": ".multilayer",
+    "SAEEncoder": ".partial",
+    "SAEDecoder": ".partial",
+    "encode_topk": ".sparse",
+    "encode_sparse": ".sparse",
+    "decode_sparse": ".sparse",
 }
 
 

@@ -21,21 +21,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from . import registry
+from .artifacts import CONFIG_FILE, EXAMPLES_FILE, check_config, has_config, params_file, read_config
 from .convert import convert_file
 from .errors import GemmaScopeError, ShapeMismatchError, UnknownSaeIdError, close_matches
 from .hub import cached_file, fetch
+from .partial import SAEDecoder, SAEEncoder
 from .registry import Entry
-
-PARAMS_FILE = {"gs1_npz": "params.npz", "gs2_safetensors": "params.safetensors"}
-EXAMPLES_FILE = "examples.safetensors"
 
 
 class MultiLayerReleaseError(GemmaScopeError, ValueError):
@@ -82,30 +81,14 @@ def entry_for_folder(repo_id: str, folder: str, release: str | None = None) -> E
 
 
 def _cross_check_config(entry: Entry, cfg: dict[str, Any], cache_dir: Any, revision: str | None) -> None:
-    """Compare a cached GS2 ``config.json`` (if any) with the file and the registry; never downloads."""
-    if entry.generation != 2:
+    """Compare a cached ``config.json`` (if any) with the registry and the weights; never downloads."""
+    if not has_config(entry):
         return
-    path = cached_file(entry, "config.json", revision=revision, cache_dir=cache_dir)
+    path = cached_file(entry, CONFIG_FILE, revision=revision, cache_dir=cache_dir)
     if path is None:
         return
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        warnings.warn(f"Ignoring unreadable {path}.", stacklevel=3)
-        return
-    problems = []
-    if "width" in raw and int(raw["width"]) != cfg["d_sae"]:
-        problems.append(f"width {raw['width']} vs d_sae {cfg['d_sae']} in params.safetensors")
-    if "affine_connection" in raw and bool(raw["affine_connection"]) != entry.affine:
-        problems.append(f"affine_connection {raw['affine_connection']} vs registry affine={entry.affine}")
-    kind = {"skip_transcoder": "transcoder"}.get(entry.kind, entry.kind)
-    if "type" in raw and raw["type"] != kind:
-        problems.append(f"type {raw['type']!r} vs registry kind {entry.kind!r}")
-    if problems:
-        raise ShapeMismatchError(
-            f"{path} disagrees with {entry.release}/{entry.sae_id}: {'; '.join(problems)}. "
-            "Re-download with force_download=True, or report the registry entry."
-        )
+    width = int(cfg["metadata"].get("gemmascope_d_sae_file", cfg["d_sae"]))
+    check_config(entry, read_config(entry, path), path, width=width)
 
 
 def log10_sparsity(
@@ -144,12 +127,12 @@ def log10_sparsity(
         path = cached_file(entry, EXAMPLES_FILE, revision=revision, cache_dir=cache_dir)
         if path is None:
             return None
-    from .convert.gs2_safetensors import read_float64
+    from .reading import TensorFile
 
-    freq = read_float64(path, "feature_frequencies")
+    freq = TensorFile(path, f"{entry.release}/{entry.sae_id}").read_numpy("feature_frequencies")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # log10(0) = -inf for dead latents
-        return torch.from_numpy(freq).log10()
+        return torch.from_numpy(freq.astype("float64")).log10()
 
 
 def convert_entry(
@@ -162,20 +145,36 @@ def convert_entry(
     local_files_only: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     check_shapes: bool = True,
+    check_dtypes: bool = True,
     with_sparsity: bool | None = None,
+    parts: str = "all",
+    latents: slice | Sequence[int] | None = None,
+    mmap: bool = False,
+    verify: str = "default",
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
     """``(cfg_dict, state_dict, log10_sparsity)`` for one entry: the SAELens loader protocol."""
     if entry.is_multilayer:
         raise _multilayer_error(entry)
     path = fetch(
         entry,
-        PARAMS_FILE[entry.format],
+        params_file(entry),
         revision=revision,
         force_download=force_download,
         local_files_only=local_files_only,
         cache_dir=cache_dir,
     )
-    cfg, state_dict = convert_file(entry, path, dtype=dtype, device=device, check_shapes=check_shapes)
+    cfg, state_dict = convert_file(
+        entry,
+        path,
+        dtype=dtype,
+        device=device,
+        check_shapes=check_shapes,
+        check_dtypes=check_dtypes,
+        parts=parts,
+        latents=latents,
+        mmap=mmap,
+        verify=verify,
+    )
     _cross_check_config(entry, cfg, cache_dir, revision)
     sparsity = log10_sparsity(
         entry,
@@ -185,21 +184,23 @@ def convert_entry(
         local_files_only=local_files_only,
         cache_dir=cache_dir,
     )
-    if sparsity is not None and sparsity.shape != (cfg["d_sae"],):
+    d_file = int(cfg["metadata"].get("gemmascope_d_sae_file", cfg["d_sae"]))
+    if sparsity is not None and sparsity.shape != (d_file,):
         raise ShapeMismatchError(
             f"feature_frequencies of {entry.release}/{entry.sae_id} has shape {tuple(sparsity.shape)}, "
-            f"the SAE has d_sae={cfg['d_sae']}."
+            f"the SAE has d_sae={d_file}. Re-download examples.safetensors with force_download=True."
         )
+    sel = cfg["metadata"].get("gemmascope_latents")
+    if sparsity is not None and sel is not None:
+        sparsity = sparsity[torch.tensor(sel, dtype=torch.long)]
     return cfg, state_dict, sparsity
 
 
 def build_sae(cfg_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Any:
     """Instantiate the SAELens class of ``cfg_dict`` on ``meta`` and assign ``state_dict`` (no copy)."""
+    sae_cfg = saelens_cfg(cfg_dict)
     from sae_lens import SAE
-    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
 
-    cfg_dict = handle_config_defaulting(cfg_dict)
-    sae_cfg = SAE.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(cfg_dict)
     sae_cls = SAE.get_sae_class_for_architecture(sae_cfg.architecture())
     device = sae_cfg.device
     sae_cfg.device = "meta"
@@ -207,7 +208,26 @@ def build_sae(cfg_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> 
     sae.cfg.device = device
     sae.process_state_dict_for_loading(state_dict)
     sae.load_state_dict(state_dict, assign=True)
-    return sae.to(dtype=getattr(torch, sae_cfg.dtype), device=device)
+    if torch.device(device).type != "cpu":
+        sae = sae.to(device=device)
+    return sae
+
+
+def saelens_cfg(cfg_dict: dict[str, Any]) -> Any:
+    """The SAELens config object of a config dict (defaults filled as SAELens fills them)."""
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+
+    cfg_dict = handle_config_defaulting(dict(cfg_dict))
+    return SAE.get_sae_config_class_for_architecture(cfg_dict["architecture"]).from_dict(cfg_dict)
+
+
+def build_part(cfg_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> SAEEncoder | SAEDecoder:
+    """An :class:`~sae_lens_gemmascope.partial.SAEEncoder` / ``SAEDecoder`` from a partial state dict."""
+    cfg = saelens_cfg(cfg_dict)
+    if cfg_dict["metadata"].get("gemmascope_parts") == "encoder":
+        return SAEEncoder(state_dict["W_enc"], state_dict["b_enc"], state_dict["threshold"], cfg)
+    return SAEDecoder(state_dict["W_dec"], state_dict["b_dec"], cfg, W_skip=state_dict.get("W_skip"))
 
 
 def load_with_cfg_and_sparsity(
@@ -221,7 +241,12 @@ def load_with_cfg_and_sparsity(
     local_files_only: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     check_shapes: bool = True,
+    check_dtypes: bool = True,
     with_sparsity: bool | None = None,
+    parts: str = "all",
+    latents: slice | Sequence[int] | None = None,
+    mmap: bool = False,
+    verify: str = "default",
 ) -> tuple[Any, dict[str, Any], torch.Tensor | None]:
     """Like :func:`load`, returning ``(sae, cfg_dict, log10_sparsity)`` as SAELens'
     ``SAE.from_pretrained_with_cfg_and_sparsity`` does."""
@@ -235,33 +260,58 @@ def load_with_cfg_and_sparsity(
         local_files_only=local_files_only,
         cache_dir=cache_dir,
         check_shapes=check_shapes,
+        check_dtypes=check_dtypes,
         with_sparsity=with_sparsity,
+        parts=parts,
+        latents=latents,
+        mmap=mmap,
+        verify=verify,
     )
-    return build_sae(cfg, state_dict), cfg, sparsity
+    obj = build_sae(cfg, state_dict) if parts == "all" else build_part(cfg, state_dict)
+    return obj, cfg, sparsity
 
 
 def load(
     release: str,
     sae_id: str,
     *,
+    parts: str = "all",
+    latents: slice | Sequence[int] | None = None,
     device: str = "cpu",
     dtype: str = "float32",
+    mmap: bool = False,
+    verify: str = "default",
     revision: str | None = None,
     force_download: bool = False,
     local_files_only: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     check_shapes: bool = True,
+    check_dtypes: bool = True,
     with_sparsity: bool = False,
 ) -> Any:
-    """Load one Gemma Scope SAE/transcoder as a SAELens ``JumpReLUSAE`` / ``JumpReLUTranscoder`` /
-    ``JumpReLUSkipTranscoder``.
+    """Load one Gemma Scope SAE / transcoder, whole or in part.
+
+    * ``parts="all"`` (default): a SAELens ``JumpReLUSAE`` / ``JumpReLUTranscoder`` /
+      ``JumpReLUSkipTranscoder``; ``parts="encoder"``: an :class:`~sae_lens_gemmascope.partial.SAEEncoder`
+      (``.encode(x)``, ``.cfg``) and nothing of the decoder is read; ``parts="decoder"``: an
+      :class:`~sae_lens_gemmascope.partial.SAEDecoder` (``.decode(f)``).
+    * ``latents``: a slice or a list of latent ids; exactly those latents are read, in the order given
+      (``cfg.d_sae`` is their number, ``cfg.metadata.gemmascope_latents`` lists them).
+    * ``mmap=True`` (CPU, float32): tensors are copy-on-write views of the cached file: nothing is read
+      until used and memory grows with the pages touched. Default: every tensor is read straight into
+      its own buffer, in ``dtype`` (``"bfloat16"`` converts while reading; the JumpReLU threshold stays
+      float32).
+    * ``verify``: ``"default"`` refuses NaN/inf in biases and thresholds and negative thresholds;
+      ``"full"`` also scans every matrix for NaN/inf (one more pass over the weights); ``"none"``
+      checks only structure (names, dtypes, shapes, which are always checked before any data is read).
+    * ``check_shapes=False`` accepts files whose shapes differ from the registry (e.g. small synthetic
+      test files; they must still be self-consistent); ``check_dtypes=False`` accepts a file stored in
+      another float dtype than Gemma Scope's float32 (converted on load).
 
     Offline-first: a cached file is used without opening a socket; with ``HF_HUB_OFFLINE=1`` or
     ``local_files_only=True`` a missing file raises ``ArtifactNotCachedError`` naming the
-    ``gemmascope download`` command. ``dtype="bfloat16"`` converts while reading (the JumpReLU threshold
-    stays float32). ``check_shapes=False`` accepts files whose shapes differ from the registry (e.g.
-    small synthetic test files). ``with_sparsity=True`` fetches ``examples.safetensors`` (Gemma Scope 2)
-    and returns ``(sae, log10_feature_frequencies)`` instead of the SAE alone.
+    ``gemmascope download`` command. ``with_sparsity=True`` fetches ``examples.safetensors`` (Gemma
+    Scope 2) and returns ``(sae, log10_feature_frequencies)`` instead of the SAE alone.
     """
     sae, _, sparsity = load_with_cfg_and_sparsity(
         release,
@@ -273,6 +323,11 @@ def load(
         local_files_only=local_files_only,
         cache_dir=cache_dir,
         check_shapes=check_shapes,
+        check_dtypes=check_dtypes,
         with_sparsity=True if with_sparsity else False,
+        parts=parts,
+        latents=latents,
+        mmap=mmap,
+        verify=verify,
     )
     return (sae, sparsity) if with_sparsity else sae

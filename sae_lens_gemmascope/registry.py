@@ -110,35 +110,13 @@ class Entry:
         return tuple(f"{self.path}/{f}" for f in self.files)
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes of the weight tensors as stored on the hub (per file for multi-layer models)."""
-        if self.format == "gs1_npz":
-            return {
-                "W_enc": (self.d_in, self.d_sae),
-                "W_dec": (self.d_sae, self.d_out),
-                "b_enc": (self.d_sae,),
-                "b_dec": (self.d_out,),
-                "threshold": (self.d_sae,),
-            }
-        if self.is_multilayer:
-            per = int(self.d_sae_per_layer or 0)
-            shapes = {
-                "w_enc": (self.d_in, per),
-                "b_enc": (per,),
-                "threshold": (per,),
-                "w_dec": (per, len(self.layers), self.d_out),
-                "b_dec": (self.d_out,),
-            }
-        else:
-            shapes = {
-                "w_enc": (self.d_in, self.d_sae),
-                "b_enc": (self.d_sae,),
-                "threshold": (self.d_sae,),
-                "w_dec": (self.d_sae, self.d_out),
-                "b_dec": (self.d_out,),
-            }
-        if self.affine:
-            shapes["affine_skip_connection"] = (self.d_in, self.d_out)
-        return shapes
+        """Shapes of the weight tensors as stored on the hub (per file for multi-layer models).
+
+        Defined once, in :func:`sae_lens_gemmascope.artifacts.tensor_specs`.
+        """
+        from .artifacts import tensor_specs
+
+        return {name: spec.shape for name, spec in tensor_specs(self).items()}
 
     def size_bytes(self, dtype_bytes: int = 4) -> int:
         """Bytes of all weights at ``dtype_bytes`` per value (4 = float32, as stored)."""

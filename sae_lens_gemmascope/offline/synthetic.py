@@ -184,7 +184,7 @@ def write_entry(
                 p = dict(blocks[i])
             else:
                 p = jumprelu_params(din, per, dout, affine=entry.affine, seed=int(g.integers(1 << 30)))
-                w = g.standard_normal((per, n_t, dout)).astype(np.float32) / np.sqrt(per)
+                w = (g.standard_normal((per, n_t, dout)) / np.sqrt(per)).astype(np.float32)
                 if entry.kind == "clt":
                     w[:, :i, :] = 0.0  # a CLT feature of layer i only writes to layers >= i
                 p["w_dec"] = w

@@ -39,212 +39,23 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
-from .registry import Entry
-
-__all__ = [
-    "CrossLayerTranscoder",
-    "Crosscoder",
-    "LayerFile",
-    "MultiLayerModule",
-    "WrongKindError",
-    "layer_file_name",
-]
+from ..artifacts import SKIP, STORED_DTYPE, block_file, check_config
+from ..errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
+from ..registry import Entry
+from .files import LayerFile
 
 PathLike = str | os.PathLike[str]
 T = TypeVar("T", bound="MultiLayerModule")
 
-#: Bytes of the temporary buffer used when copying decoder rows out of a file.
-READ_CHUNK_BYTES = 32 * 2**20
-
-_ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
 _KEYS_REQUIRED = ("w_enc", "b_enc", "threshold", "w_dec", "b_dec")
-_SKIP = "affine_skip_connection"
-
-
-class WrongKindError(GemmaScopeError, TypeError):
-    """The artifact asked for is not of the kind this class loads (e.g. a crosscoder given to the CLT class)."""
-
-
-def layer_file_name(block: int) -> str:
-    """The file name of block ``block`` inside a CLT / crosscoder folder.
-
-    >>> layer_file_name(3)
-    'params_layer_3.safetensors'
-    """
-    return f"params_layer_{block}.safetensors"
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading safetensors files piecewise
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TensorInfo:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    end: int
-
-
-class LayerFile:
-    """A header-only handle on one ``params_layer_{i}.safetensors`` that reads tensors or slices on demand.
-
-    Reads go through ``readinto`` at explicit offsets (no memory map), so the process holds exactly
-    the tensors it asked for: ``read_w_dec([j])`` reads the ``d_i`` rows of ``w_dec[:, j, :]`` and
-    nothing else.
-
-    Example:
-        >>> import tempfile, numpy as np
-        >>> from safetensors.numpy import save_file
-        >>> p = tempfile.mktemp(suffix=".safetensors")
-        >>> save_file({"w_dec": np.arange(24, dtype=np.float32).reshape(2, 3, 4)}, p)
-        >>> f = LayerFile(p)
-        >>> f.shape("w_dec")
-        (2, 3, 4)
-        >>> f.read_w_dec([1])[1].tolist()
-        [[4.0, 5.0, 6.0, 7.0], [16.0, 17.0, 18.0, 19.0]]
-    """
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-        try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb", buffering=0) as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    raise ValueError("file shorter than the 8-byte header length")
-                n = int.from_bytes(head, "little")
-                if n <= 0 or 8 + n > size:
-                    raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-                header = json.loads(fh.read(n))
-        except (OSError, ValueError) as err:
-            raise CorruptArtifactError(f"{self.path} is not a readable safetensors file: {err}") from err
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        base = 8 + n
-        self._info: dict[str, _TensorInfo] = {}
-        for name, rec in header.items():
-            if rec["dtype"] not in _ST_DTYPES:
-                raise CorruptArtifactError(
-                    f"{self.path}: tensor {name!r} has dtype {rec['dtype']}; expected one of {', '.join(_ST_DTYPES)}."
-                )
-            start, end = (base + int(o) for o in rec["data_offsets"])
-            info = _TensorInfo(_ST_DTYPES[rec["dtype"]], tuple(int(s) for s in rec["shape"]), start, end)
-            nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
-            if end - start != nbytes or end > size:
-                raise CorruptArtifactError(
-                    f"{self.path}: tensor {name!r} claims bytes {start}..{end} of a {size}-byte file "
-                    f"({nbytes} needed): the file is truncated or corrupt; delete it and download again."
-                )
-            self._info[name] = info
-
-    def keys(self) -> list[str]:
-        """Tensor names in the file."""
-        return list(self._info)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._info
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        """Shape of tensor ``name`` as stored."""
-        return self._tensor(name).shape
-
-    def nbytes(self, name: str) -> int:
-        """Stored size of tensor ``name`` in bytes."""
-        info = self._tensor(name)
-        return info.end - info.start
-
-    def _tensor(self, name: str) -> _TensorInfo:
-        if name not in self._info:
-            raise CorruptArtifactError(
-                f"{self.path} has no tensor {name!r}; it holds {', '.join(self._info)}."
-            )
-        return self._info[name]
-
-    @staticmethod
-    def _read_into(fh: Any, buf: torch.Tensor, offset: int) -> None:
-        view = memoryview(buf.view(torch.uint8).numpy()).cast("B")
-        fh.seek(offset)
-        while len(view):
-            got = fh.readinto(view)
-            if not got:
-                raise CorruptArtifactError(f"unexpected end of file at byte {offset}")
-            view = view[got:]
-            offset += got
-
-    def read(self, name: str) -> torch.Tensor:
-        """The whole tensor ``name`` in its stored dtype (CPU)."""
-        info = self._tensor(name)
-        out = torch.empty(info.shape, dtype=info.dtype)
-        with open(self.path, "rb", buffering=0) as fh:
-            self._read_into(fh, out, info.start)
-        return out
-
-    def read_w_dec(
-        self, targets: Iterable[int], name: str = "w_dec", chunk_bytes: int = READ_CHUNK_BYTES
-    ) -> dict[int, torch.Tensor]:
-        """``{j: w_dec[:, j, :]}`` for each target ``j`` (each contiguous, stored dtype, CPU).
-
-        Only the requested target columns are read from disk; runs of consecutive targets are read
-        per latent row as one span, and the temporary buffer never exceeds ``chunk_bytes`` (or one row).
-        """
-        info = self._tensor(name)
-        if len(info.shape) != 3:
-            raise ShapeMismatchError(
-                f"{self.path}: {name!r} has shape {info.shape}, expected (d_latents, n_blocks, d_model)."
-            )
-        d_lat, n_t, d_out = info.shape
-        want = sorted(set(int(t) for t in targets))
-        bad = [t for t in want if not 0 <= t < n_t]
-        if bad:
-            raise IndexError(f"{self.path}: target(s) {bad} outside 0..{n_t - 1}")
-        out = {t: torch.empty((d_lat, d_out), dtype=info.dtype) for t in want}
-        esize = info.dtype.itemsize
-        row = d_out * esize
-        runs: list[tuple[int, int]] = []
-        for t in want:
-            if runs and runs[-1][1] == t:
-                runs[-1] = (runs[-1][0], t + 1)
-            else:
-                runs.append((t, t + 1))
-        with open(self.path, "rb", buffering=0) as fh:
-            for a, b in runs:
-                span = b - a
-                if span == 1:  # straight into the output, no buffer
-                    dst = out[a]
-                    for r in range(d_lat):
-                        self._read_into(fh, dst[r], info.start + (r * n_t + a) * row)
-                    continue
-                rows_per_chunk = max(1, chunk_bytes // (span * row))
-                buf = torch.empty((min(rows_per_chunk, d_lat), span, d_out), dtype=info.dtype)
-                for r0 in range(0, d_lat, rows_per_chunk):
-                    r1 = min(d_lat, r0 + rows_per_chunk)
-                    if span == n_t:  # whole rows are contiguous: one read per chunk
-                        self._read_into(fh, buf[: r1 - r0], info.start + r0 * n_t * row)
-                    else:
-                        for r in range(r0, r1):
-                            self._read_into(fh, buf[r - r0], info.start + (r * n_t + a) * row)
-                    for t in range(a, b):
-                        out[t][r0:r1].copy_(buf[: r1 - r0, t - a])
-                del buf
-        return out
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
@@ -253,11 +64,6 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         raise CorruptArtifactError(
             f"{what} holds {n_bad} NaN/inf value(s); the file is corrupt. Delete it from the cache and download again."
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# The modules
-# --------------------------------------------------------------------------------------------------
 
 
 class MultiLayerModule(nn.Module):
@@ -301,6 +107,8 @@ class MultiLayerModule(nn.Module):
         self.entry = entry
         self._opener = opener
         self._files: dict[int, LayerFile] = {}
+        self.check_dtypes = True
+        self.verify = "default"
         self.W_enc = nn.ParameterDict()
         self.b_enc = nn.ParameterDict()
         self.threshold = nn.ParameterDict()  # always float32
@@ -346,7 +154,7 @@ class MultiLayerModule(nn.Module):
         """Token ids of the untrained IT chat prefix (empty for PT models or an unknown model)."""
         if self.model is None:
             return ()
-        from .models import get_model
+        from ..models import get_model
 
         try:
             facts = get_model(self.model)
@@ -363,10 +171,14 @@ class MultiLayerModule(nn.Module):
                     f"Block {block} of this {type(self).__name__} was not loaded and the module has no files "
                     "to read it from (it was built from tensors). Pass every block's tensors to from_tensors."
                 )
-            f = LayerFile(self._opener(block))
+            f = LayerFile(self._opener(block), self._where(block))
             self._check_file(block, f)
             self._files[block] = f
         return self._files[block]
+
+    def _where(self, block: int) -> str:
+        src = f"{self.entry.release}/{self.entry.sae_id}" if self.entry else "the given files"
+        return f"block {block} of {src}"
 
     def _check_file(self, block: int, f: LayerFile) -> None:
         w = self.block_widths[block]
@@ -379,17 +191,25 @@ class MultiLayerModule(nn.Module):
             "b_dec": (d,),
         }
         if self.affine:
-            expected[_SKIP] = (d, d)
-        where = f"{self.entry.release}/{self.entry.sae_id}" if self.entry else "the given files"
+            expected[SKIP] = (d, d)
+        where = self._where(block)
+        dtypes = f.dtypes()
         for k, shape in expected.items():
             if k not in f:
                 raise CorruptArtifactError(
-                    f"{f.path} (block {block} of {where}) has no {k!r}; it holds {', '.join(f.keys())}."
+                    f"{f.path} ({where}) has no {k!r}; it holds {', '.join(f.keys())}. Delete it from the "
+                    "cache and download it again."
                 )
             if f.shape(k) != shape:
                 raise ShapeMismatchError(
-                    f"{f.path} (block {block} of {where}): {k!r} has shape {f.shape(k)} on disk but "
-                    f"{shape} is expected from the registry/other blocks."
+                    f"{f.path} ({where}): {k!r} has shape {f.shape(k)} on disk but {shape} is expected from "
+                    f"the registry and the other blocks (block width {w}, d_model {d}, {self.n_blocks} blocks). "
+                    "Re-download it with force_download=True."
+                )
+            if self.entry is not None and self.check_dtypes and dtypes[k] != STORED_DTYPE:
+                raise CorruptArtifactError(
+                    f"{f.path} ({where}): {k!r} is stored as {dtypes[k]}, but Gemma Scope files are "
+                    f"{STORED_DTYPE}. Re-download it, or pass check_dtypes=False to convert it on load."
                 )
 
     def _put(self, store: nn.ParameterDict, key: str, t: torch.Tensor, what: str, fp32: bool = False) -> None:
@@ -408,7 +228,13 @@ class MultiLayerModule(nn.Module):
             return
         f = self._file(b)
         self._put(self.b_enc, str(b), f.read("b_enc"), self._what(b, "b_enc"))
-        self._put(self.threshold, str(b), f.read("threshold"), self._what(b, "threshold"), fp32=True)
+        thr = f.read("threshold")
+        if self.verify != "none" and bool((thr < 0).any()):
+            raise CorruptArtifactError(
+                f"{f.path} ({self._where(b)}): {int((thr < 0).sum())} JumpReLU threshold(s) are negative. Gemma "
+                "Scope thresholds are >= 0; re-download the file, or pass verify='none' to load it anyway."
+            )
+        self._put(self.threshold, str(b), thr, self._what(b, "threshold"), fp32=True)
         self._put(self.W_enc, str(b), f.read("w_enc"), self._what(b, "w_enc"))
 
     def load_decoder(self, target: int) -> None:
@@ -426,7 +252,7 @@ class MultiLayerModule(nn.Module):
         if str(j) not in self.b_dec:
             self._put(self.b_dec, str(j), self._file(j).read("b_dec"), self._what(j, "b_dec"))
         if self.affine and str(j) not in self.W_skip:
-            self._put(self.W_skip, str(j), self._file(j).read(_SKIP), self._what(j, _SKIP))
+            self._put(self.W_skip, str(j), self._file(j).read(SKIP), self._what(j, SKIP))
 
     def decoder(self, source: int, target: int) -> torch.Tensor:
         """The decoder slice ``w_dec_source[:, target, :]`` (d_source, d_model), read on first use.
@@ -553,54 +379,11 @@ class MultiLayerModule(nn.Module):
     # ----- SAELens view ----------------------------------------------------------------------------
 
     def sae_view(self, block: int) -> Any:
-        """A SAELens ``JumpReLUSAE`` of ``block``'s **encoder**, for feature activations only.
+        """A SAELens ``JumpReLUSAE`` of ``block``'s **encoder**, for feature activations only; see
+        :func:`sae_lens_gemmascope.multilayer.views.sae_view` (its ``decode`` is not a reconstruction)."""
+        from .views import sae_view
 
-        ``W_enc``/``b_enc``/``threshold`` are the block's; ``W_dec`` is the same-block decoder slice
-        ``w_dec_i[:, i, :]`` and ``b_dec`` that block's bias. Its ``decode``/``forward`` output is **not**
-        a reconstruction of the layer (a CLT layer's MLP output also receives writes from every earlier
-        layer, and a crosscoder's from all four blocks); use :meth:`decode_to` for that. Decoders are
-        never summed over targets.
-        """
-        from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
-
-        b = self._check_block(block)
-        self.load_encoder(b)
-        key = f"{b}_{b}"
-        if key not in self.W_dec:
-            self._put(self.W_dec, key, self._file(b).read_w_dec([b])[b], self._what(b, f"w_dec[:, {b}, :]"))
-        if str(b) not in self.b_dec:
-            self._put(self.b_dec, str(b), self._file(b).read("b_dec"), self._what(b, "b_dec"))
-        from .hooks import hook_for
-
-        hook_name = None
-        if self.model is not None:
-            try:
-                hook_name = hook_for(self.model, self.input_site, self.layers[b]).hook_name
-            except GemmaScopeError:
-                hook_name = None
-        dtype_name = str(self.dtype).removeprefix("torch.")
-        cfg = JumpReLUSAEConfig(
-            d_in=self.d_model,
-            d_sae=self.block_widths[b],
-            dtype=dtype_name,
-            device=str(self.device),
-            apply_b_dec_to_input=False,
-            normalize_activations="none",
-        )
-        cfg.metadata.hook_name = hook_name
-        cfg.metadata.model_name = self.model
-        cfg.metadata.note = (
-            f"{self.kind} block {b} encoder view: feature activations only; decode() is NOT a reconstruction "
-            "of the layer (use the multi-layer module's decode_to)."
-        )
-        sae = JumpReLUSAE(cfg)
-        with torch.no_grad():
-            sae.W_enc.data = self.W_enc[str(b)].detach().clone()
-            sae.b_enc.data = self.b_enc[str(b)].detach().clone()
-            sae.threshold.data = self.threshold[str(b)].detach().to(self.dtype).clone()
-            sae.W_dec.data = self.W_dec[key].detach().clone()
-            sae.b_dec.data = self.b_dec[str(b)].detach().clone()
-        return sae
+        return sae_view(self, block)
 
     # ----- constructors ----------------------------------------------------------------------------
 
@@ -635,7 +418,7 @@ class MultiLayerModule(nn.Module):
             if missing:
                 raise KeyError(f"block {b} lacks {missing}")
         d_model = int(ps[0]["w_enc"].shape[0])
-        affine = _SKIP in ps[0]
+        affine = SKIP in ps[0]
         m = cls(
             layers=tuple(layers) if layers is not None else cls._default_layers(n),
             d_model=d_model,
@@ -655,7 +438,7 @@ class MultiLayerModule(nn.Module):
                 "b_dec": (d_model,),
             }
             if affine:
-                want[_SKIP] = (d_model, d_model)
+                want[SKIP] = (d_model, d_model)
             for k, s in want.items():
                 if k not in p or tuple(p[k].shape) != s:
                     got = tuple(p[k].shape) if k in p else "missing"
@@ -665,7 +448,7 @@ class MultiLayerModule(nn.Module):
             m._put(m.threshold, str(b), p["threshold"], f"block {b} threshold", fp32=True)
             m._put(m.b_dec, str(b), p["b_dec"], f"block {b} b_dec")
             if affine:
-                m._put(m.W_skip, str(b), p[_SKIP], f"block {b} {_SKIP}")
+                m._put(m.W_skip, str(b), p[SKIP], f"block {b} {SKIP}")
             for j in m.targets_of(b):
                 m._put(m.W_dec, f"{b}_{j}", p["w_dec"][:, j, :], f"block {b} w_dec[:, {j}, :]")
         return m
@@ -693,7 +476,7 @@ class MultiLayerModule(nn.Module):
             layers=tuple(layers) if layers is not None else cls._default_layers(len(files)),
             d_model=f0.shape("w_enc")[0],
             block_widths=[f.shape("w_enc")[1] for f in files],
-            affine=_SKIP in f0,
+            affine=SKIP in f0,
             dtype=dtype,
             device=device,
             model=model,
@@ -721,6 +504,9 @@ class MultiLayerModule(nn.Module):
         cache_dir: PathLike | None = None,
         lazy: bool = False,
         strict_shapes: bool = True,
+        parts: str = "all",
+        check_dtypes: bool = True,
+        verify: str = "default",
     ) -> T:
         """Load a Gemma Scope 2 CLT / crosscoder through the registry, offline-first.
 
@@ -736,26 +522,37 @@ class MultiLayerModule(nn.Module):
         ``strict_shapes=False`` instead takes d_model and the block width from file 0 (and still checks
         the number of blocks, the target axis and every other file against it): for shrunken synthetic
         files written by :func:`sae_lens_gemmascope.offline.synthetic.write_entry`.
+
+        ``parts="encoder"`` reads only the blocks' encoders (``W_enc``, ``b_enc``, ``threshold``): what
+        finding active features needs; decoders are still read on first use. ``check_dtypes`` and
+        ``verify`` are as for :func:`sae_lens_gemmascope.load` (float32 files; negative thresholds
+        refused unless ``verify="none"``).
         """
-        from . import registry
+        if parts not in ("all", "encoder"):
+            raise GemmaScopeError(
+                f"parts={parts!r}: a {cls.kind} loads 'all' or 'encoder' (decoders load lazily)."
+            )
+        from .. import registry
+        from .pretrained import check_kind, fetch_file, open_config
 
         entry = registry.get(release, sae_id)
         if entry.alias_of is not None:
             entry = registry.get(*entry.alias_of)
-        _check_kind(cls, entry)
+        check_kind(cls, entry)
         kw = dict(
             revision=revision,
             force_download=force_download,
             local_files_only=local_files_only,
             cache_dir=cache_dir,
         )
-        cfg_path = _fetch(entry, "config.json", **kw)
+        cfg = open_config(entry, **kw)
         per = int(entry.d_sae_per_layer or entry.d_sae // len(entry.layers))
         d_model = entry.d_in
         if not strict_shapes:
-            f0 = LayerFile(_fetch(entry, layer_file_name(0), **kw))
+            f0 = LayerFile(fetch_file(entry, block_file(entry, 0), **kw), f"block 0 of {release}/{sae_id}")
             d_model, per = f0.shape("w_enc")
-        _check_config(entry, cfg_path, expected_width=per * len(entry.layers))
+        if cfg is not None:
+            check_config(entry, cfg[1], cfg[0], width=per * len(entry.layers))
         m = cls(
             layers=entry.layers,
             d_model=d_model,
@@ -764,10 +561,15 @@ class MultiLayerModule(nn.Module):
             dtype=dtype,
             device=device,
             entry=entry,
-            opener=lambda b: _fetch(entry, layer_file_name(b), **kw),
+            opener=lambda b: fetch_file(entry, block_file(entry, b), **kw),
         )
+        m.check_dtypes, m.verify = check_dtypes, verify
         if not lazy:
-            m.load(layers)
+            if parts == "encoder":
+                for b in range(m.n_blocks) if layers is None else sorted({m._check_block(x) for x in layers}):
+                    m.load_encoder(b)
+            else:
+                m.load(layers)
         return m
 
     def extra_repr(self) -> str:
@@ -776,125 +578,3 @@ class MultiLayerModule(nn.Module):
             f"{src}, layers={self.layers}, d_model={self.d_model}, d_sae={self.d_sae} "
             f"({self.block_widths[0]} per block), affine={self.affine}, loaded_targets={self.loaded_targets()}"
         )
-
-
-class CrossLayerTranscoder(MultiLayerModule):
-    """A Gemma Scope 2 cross-layer transcoder: block ``i`` reads the MLP input of layer ``i`` and writes
-    to the MLP outputs of layers ``j >= i`` through ``w_dec_i[:, j, :]``.
-
-    ``decode_to(j, feats, x_j)`` = ``sum_{i<=j} feats[i] @ w_dec_i[:, j, :] + b_dec_j (+ x_j @ skip_j)``.
-    Load with :meth:`from_pretrained` (``gemma-scope-2-{270m,1b}-{pt,it}-clt`` releases),
-    :meth:`from_files` or :meth:`from_tensors`; see the module docstring for an example.
-    """
-
-    kind: ClassVar[str] = "clt"
-    input_site: ClassVar[str] = "gs2_transcoder_in"
-    output_site: ClassVar[str] = "mlp_out"
-
-    def sources_of(self, target: int) -> range:
-        return range(0, int(target) + 1)
-
-    def targets_of(self, source: int) -> range:
-        return range(int(source), self.n_blocks)
-
-
-class Crosscoder(MultiLayerModule):
-    """A Gemma Scope 2 crosscoder over 4 residual-stream layers (``blocks.L.hook_resid_post``).
-
-    Block ``k`` (position in :attr:`layers`) encodes layer ``layers[k]``; every block decodes to all
-    four: ``decode_to(j, feats) = sum_k feats[k] @ w_dec_k[:, j, :] + b_dec_j``.
-
-    Example:
-        >>> import numpy as np, torch
-        >>> g = np.random.default_rng(1)
-        >>> blocks = [{"w_enc": g.standard_normal((6, 4)), "b_enc": np.zeros(4), "threshold": np.zeros(4),
-        ...            "w_dec": g.standard_normal((4, 4, 6)), "b_dec": np.zeros(6)} for _ in range(4)]
-        >>> cc = Crosscoder.from_tensors(blocks, layers=(5, 9, 12, 15))
-        >>> feats = cc.encode_all([torch.randn(3, 6) for _ in range(4)])
-        >>> tuple(cc.decode_to(0, feats).shape), cc.global_latent_id(2, 1)
-        ((3, 6), 9)
-    """
-
-    kind: ClassVar[str] = "crosscoder"
-    input_site: ClassVar[str] = "resid_post"
-    output_site: ClassVar[str] = "resid_post"
-
-    def sources_of(self, target: int) -> range:
-        return range(self.n_blocks)
-
-    def targets_of(self, source: int) -> range:
-        return range(self.n_blocks)
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry / hub plumbing
-# --------------------------------------------------------------------------------------------------
-
-_CLASS_FOR_KIND = {"clt": "CrossLayerTranscoder", "crosscoder": "Crosscoder"}
-
-
-def _check_kind(cls: type[MultiLayerModule], entry: Entry) -> None:
-    if entry.kind == cls.kind:
-        return
-    if entry.kind in _CLASS_FOR_KIND:
-        use = f"sae_lens_gemmascope.multilayer.{_CLASS_FOR_KIND[entry.kind]}.from_pretrained"
-    else:
-        use = "sae_lens.SAE.from_pretrained (single-layer SAEs and transcoders)"
-    raise WrongKindError(
-        f"{entry.release}/{entry.sae_id} is a {entry.kind}, not a {cls.kind}; "
-        f"{cls.__name__} cannot load it. Use {use}({entry.release!r}, {entry.sae_id!r})."
-    )
-
-
-def _fetch(
-    entry: Entry,
-    filename: str,
-    *,
-    revision: str | None,
-    force_download: bool,
-    local_files_only: bool | None,
-    cache_dir: PathLike | None = None,
-) -> Path:
-    """Path of ``entry.path/filename`` in the local HF cache, downloading it when allowed.
-
-    Goes through :func:`sae_lens_gemmascope.hub.fetch` (cache first, ``hf_hub_download`` only when the
-    file is missing and the hub may be used; :class:`ArtifactNotCachedError` names the
-    ``gemmascope download`` command otherwise).
-    """
-    from .hub import fetch
-
-    if filename not in entry.files:
-        raise GemmaScopeError(
-            f"{entry.release}/{entry.sae_id} has no file {filename!r}; it has {', '.join(entry.files)}."
-        )
-    return fetch(
-        entry,
-        filename,
-        revision=revision,
-        force_download=force_download,
-        local_files_only=local_files_only,
-        cache_dir=cache_dir,
-    )
-
-
-def _check_config(entry: Entry, path: Path, expected_width: int) -> None:
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise CorruptArtifactError(
-            f"{path} (config of {entry.release}/{entry.sae_id}) is not valid JSON: {err}"
-        ) from err
-    kind = cfg.get("type")
-    if kind is not None and kind != entry.kind:
-        raise CorruptArtifactError(
-            f"{path} says type {kind!r}, the registry says {entry.kind!r} for {entry.sae_id}."
-        )
-    width = cfg.get("width")
-    if width is not None and int(width) != expected_width:
-        raise ShapeMismatchError(
-            f"{path} says width {width}; expected {expected_width} (registry d_sae {entry.d_sae} = "
-            f"{len(entry.layers)} x {entry.d_sae_per_layer}) for {entry.release}/{entry.sae_id}."
-        )
-    aff = cfg.get("affine_connection")
-    if aff is not None and bool(aff) != entry.affine:
-        raise CorruptArtifactError(f"{path} says affine_connection={aff}; the registry says {entry.affine}.")

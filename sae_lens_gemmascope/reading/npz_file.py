@@ -1,9 +1,9 @@
-"""Locate the arrays of a Gemma Scope 1 ``params.npz`` without reading them.
+"""Open a Gemma Scope 1 ``params.npz`` and locate its arrays without reading them.
 
 ``np.savez`` writes a zip of ``.npy`` members, uncompressed (ZIP_STORED). The zip central directory
 gives each member's local-header offset; the local header's name/extra lengths give where the member's
 bytes start, and the ``.npy`` header there gives dtype, shape and order. The array data is then a plain
-byte range of the file, which :func:`sae_lens_gemmascope.convert.read_tensor` reads straight into the
+byte range of the file, which the copy engine (:mod:`.stored`) reads straight into the
 final tensor. (``np.load(mmap_mode=...)`` ignores npz files; mapping and then copying would count the
 mapped pages in RSS too, doubling the peak.) Compressed members (``np.savez_compressed``) fall back
 to streaming one member at a time through the zip decompressor. Nothing is unpickled: object arrays
@@ -14,30 +14,31 @@ Example:
     >>> from pathlib import Path
     >>> p = Path(tempfile.mkdtemp()) / "params.npz"
     >>> np.savez(p, W_enc=np.ones((3, 2), np.float32), b_enc=np.zeros(2, np.float32))
-    >>> st = locate_npz(p)
-    >>> st["W_enc"].shape, str(st["W_enc"].dtype), st["W_enc"].offset is not None
-    ((3, 2), 'float32', True)
+    >>> f = NpzFile(p)
+    >>> f.shapes()["W_enc"], f.dtypes()["W_enc"], f.read("W_enc", latents=[1], axis=1).tolist()
+    ((3, 2), 'F32', [[1.0], [1.0], [1.0]])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 
-from ..errors import CorruptArtifactError
-from . import StoredTensor
+from . import stored
+from .safetensors_file import check_regular_file
+from .stored import Latents, StoredTensor
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes, signature PK\x03\x04
 
 
-def _corrupt(path: Path, what: str) -> CorruptArtifactError:
-    from . import _corrupt as c
-
-    return c(path, what)
+def _corrupt(path: Path, what: str) -> Exception:
+    return stored.corrupt(path, what)
 
 
 def _npy_header(fh: BinaryIO, path: Path, member: str) -> tuple[np.dtype, tuple[int, ...], bool]:
@@ -59,7 +60,7 @@ def _npy_header(fh: BinaryIO, path: Path, member: str) -> tuple[np.dtype, tuple[
 def locate_npz(path: str | Path) -> dict[str, StoredTensor]:
     """Array name -> :class:`StoredTensor` (byte offset for stored members, a stream otherwise)."""
     path = Path(path)
-    size = path.stat().st_size
+    size = check_regular_file(path)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -118,3 +119,59 @@ class _ClosingStream:
     def close(self) -> None:
         self._s.close()
         self._z.close()
+
+
+_TAGS = {"<f4": "F32", "<f8": "F64", "<f2": "F16"}
+
+
+class NpzFile:
+    """A header-only handle on a ``params.npz`` with the interface of
+    :class:`~sae_lens_gemmascope.reading.safetensors_file.TensorFile`.
+
+    This reader is kept (rather than ``np.load``) because ``np.load`` materialises each member in
+    float32 before any cast, so a bfloat16 load peaks at 1.5x the weights, and it cannot memory-map
+    npz members; ``bench/bench_load.py`` has the rows.
+    """
+
+    def __init__(self, path: str | Path, what: str = "") -> None:
+        self.path = Path(path)
+        self.what = what
+        self._stored = {k: dataclasses.replace(v, what=what) for k, v in locate_npz(self.path).items()}
+        self.metadata: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        return list(self._stored)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stored
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self._stored.items()}
+
+    def dtypes(self) -> dict[str, str]:
+        return {k: _TAGS.get(v.dtype.str, v.dtype.str) for k, v in self._stored.items()}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.stored(name).shape
+
+    def stored(self, name: str) -> StoredTensor:
+        if name not in self._stored:
+            raise _corrupt(self.path, f"it has no array {name!r} (it holds {', '.join(self._stored)})")
+        return self._stored[name]
+
+    def read(
+        self,
+        name: str,
+        *,
+        dtype: torch.dtype | None = None,
+        latents: Latents = None,
+        axis: int | None = None,
+        transpose: bool = False,
+        check: bool = False,
+    ) -> torch.Tensor:
+        return stored.read(
+            self.stored(name), dtype=dtype, latents=latents, axis=axis, transpose=transpose, check=check
+        )
+
+    def memory_map(self, name: str) -> torch.Tensor:
+        return stored.memory_map(self.stored(name))

@@ -1,0 +1,269 @@
+"""Copy byte ranges of a weight file straight into their final tensors: the one copy engine.
+
+A :class:`StoredTensor` says where one tensor's raw little-endian bytes live (file and offset, or a
+stream for compressed npz members) and what they are (dtype, shape, C or Fortran order). The
+functions here read them:
+
+* :func:`read` - the whole tensor, or the latents ``latents`` along one axis, into a new CPU tensor
+  of the requested dtype. Same-dtype reads go straight into the destination with ``os.preadv`` from
+  several threads (the kernel copies from the page cache into the final buffer: peak RSS = the
+  tensor, no staging copy, no memory map). Reads that convert dtype go through a bounded buffer.
+* :func:`memory_map` - a zero-copy, copy-on-write view of a stored tensor (``np.memmap`` mode
+  ``"c"``): memory grows only with the pages touched, and writes never reach the cached file.
+
+Why not ``safetensors.torch.load_file`` + ``.to(dtype)``: it memory-maps the file and the cast makes
+a second full copy (2x the weights at peak), and a plain ``.clone()`` of a mapped tensor counts the
+mapped pages *and* the copy in RSS. ``bench/bench_load.py`` measures both against this engine.
+
+Example:
+    >>> import numpy as np, tempfile, torch
+    >>> from pathlib import Path
+    >>> p = Path(tempfile.mkdtemp()) / "x.bin"
+    >>> np.arange(12, dtype="<f4").tofile(p)
+    >>> st = StoredTensor("x", p, np.dtype("<f4"), (3, 4), offset=0)
+    >>> read(st, latents=[2, 0], axis=1).tolist()
+    [[2.0, 0.0], [6.0, 4.0], [10.0, 8.0]]
+    >>> read(st, dtype=torch.bfloat16, latents=slice(1, 3), axis=0).dtype
+    torch.bfloat16
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from ..errors import CorruptArtifactError
+
+#: Bytes per read call / conversion chunk: negligible next to the weights, large enough to be fast.
+CHUNK_BYTES = 32 * 1024 * 1024
+#: Threads issuing reads in parallel (the copy from the page cache is memory-bound, not GIL-bound).
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+Latents = slice | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor's raw little-endian bytes live.
+
+    ``offset`` into ``path`` for uncompressed files, or ``open_stream`` (a callable returning a stream
+    positioned at the first data byte) for compressed npz members. ``fortran_order`` marks column-major
+    npy members; ``what`` names the artifact in error messages.
+    """
+
+    name: str
+    path: Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int | None = None
+    open_stream: Callable[[], BinaryIO] | None = None
+    fortran_order: bool = False
+    what: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"tensor {self.name!r} of {self.path}" + (f" ({self.what})" if self.what else "")
+
+
+def corrupt(path: Path | str, what: str, artifact: str = "") -> CorruptArtifactError:
+    """The error for an unreadable / inconsistent file, with the fix."""
+    who = f" ({artifact})" if artifact else ""
+    return CorruptArtifactError(
+        f"{path}{who} looks truncated or corrupt: {what}. Delete it from the cache and download it again "
+        "(sae_lens_gemmascope.load(..., force_download=True) or `gemmascope download RELEASE SAE_ID "
+        "--force-download`)."
+    )
+
+
+def check_finite(t: torch.Tensor, st: StoredTensor) -> None:
+    """Refuse NaN / inf values (one pass over ``t``)."""
+    if t.numel() == 0 or not t.is_floating_point():
+        return
+    lo, hi = torch.aminmax(t)  # NaN propagates into both; +-inf shows up as an extreme
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        raise CorruptArtifactError(
+            f"{st.describe()} holds NaN or inf values; refusing to load it. If the file was damaged in "
+            "transit, re-download it with force_download=True."
+        )
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, st: StoredTensor) -> None:
+    """Fill ``view`` with the bytes at ``offset`` (several calls if the kernel returns short reads)."""
+    got = 0
+    n = len(view)
+    while got < n:
+        if hasattr(os, "preadv"):
+            k = os.preadv(fd, [view[got:]], offset + got)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, offset + got, os.SEEK_SET)
+            data = os.read(fd, n - got)
+            k = len(data)
+            view[got : got + k] = data
+        if k <= 0:
+            raise corrupt(st.path, f"{st.name!r} ends after {got} of {n} bytes", st.what)
+        got += k
+
+
+def _logical(st: StoredTensor) -> tuple[tuple[int, ...], bool]:
+    """``(row-major shape as stored, transposed?)``: a Fortran-order (a, b) is a row-major (b, a)."""
+    if st.fortran_order and len(st.shape) == 2:
+        return (st.shape[1], st.shape[0]), True
+    return st.shape, False
+
+
+def _runs(idx: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Group indices into ``(first, stop, position in idx)`` runs of consecutive values."""
+    runs: list[tuple[int, int, int]] = []
+    for pos, i in enumerate(idx):
+        if runs and runs[-1][1] == i and runs[-1][2] + (runs[-1][1] - runs[-1][0]) == pos:
+            runs[-1] = (runs[-1][0], i + 1, runs[-1][2])
+        else:
+            runs.append((i, i + 1, pos))
+    return runs
+
+
+def _as_index(latents: Latents, n: int, st: StoredTensor) -> list[int] | None:
+    if latents is None:
+        return None
+    if isinstance(latents, slice):
+        return list(range(n))[latents]
+    idx = [int(i) for i in latents]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise IndexError(f"latent(s) {bad[:5]} outside 0..{n - 1} for {st.describe()}")
+    return idx
+
+
+def _rows_raw(st: StoredTensor, rows: list[int] | None, n_rows: int, row_elems: int) -> torch.Tensor:
+    """The stored rows ``rows`` (all if None) of a row-major (n_rows, row_elems) tensor, stored dtype."""
+    src = torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
+    want = list(range(n_rows)) if rows is None else rows
+    out = torch.empty((len(want), row_elems), dtype=src)
+    if not want or row_elems == 0:
+        return out
+    row_bytes = row_elems * st.dtype.itemsize
+    flat = memoryview(out.view(torch.uint8).numpy()).cast("B")
+    if st.open_stream is not None:  # compressed npz member: stream through, keep the rows wanted
+        _stream_rows(st, want, n_rows, row_bytes, flat)
+        return out
+    jobs: list[tuple[int, int, int]] = []  # (dest byte offset, file offset, nbytes)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for first, stop, pos in _runs(want):
+        for a in range(first, stop, step):
+            b = min(stop, a + step)
+            jobs.append(
+                ((pos + a - first) * row_bytes, int(st.offset or 0) + a * row_bytes, (b - a) * row_bytes)
+            )
+    fd = os.open(st.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+
+        def one(job: tuple[int, int, int]) -> None:
+            d, f, k = job
+            _pread_into(fd, flat[d : d + k], f, st)
+
+        if len(jobs) > 1 and READ_THREADS > 1:
+            with ThreadPoolExecutor(READ_THREADS) as ex:
+                list(ex.map(one, jobs))
+        else:
+            for job in jobs:
+                one(job)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _stream_rows(st: StoredTensor, want: list[int], n_rows: int, row_bytes: int, flat: memoryview) -> None:
+    assert st.open_stream is not None
+    where = {r: k for k, r in enumerate(want)}
+    fh = st.open_stream()
+    try:
+        tmp = bytearray(row_bytes)
+        view = memoryview(tmp)
+        for r in range(n_rows):
+            got = 0
+            while got < row_bytes:
+                k = fh.readinto(view[got:])  # type: ignore[attr-defined]
+                if not k:
+                    raise corrupt(st.path, f"{st.name!r} ends early in row {r}", st.what)
+                got += k
+            if r in where:
+                d = where[r] * row_bytes
+                flat[d : d + row_bytes] = view
+    finally:
+        fh.close()
+
+
+def read(
+    st: StoredTensor,
+    *,
+    dtype: torch.dtype | None = None,
+    latents: Latents = None,
+    axis: int | None = None,
+    transpose: bool = False,
+    check: bool = False,
+) -> torch.Tensor:
+    """Read ``st`` (or the ``latents`` along ``axis``, in the order given) into a new CPU tensor.
+
+    ``dtype`` defaults to the stored dtype; ``transpose`` (2-D) returns the transpose, contiguous;
+    ``check`` refuses NaN/inf. Rows along axis 0 are read with one ``pread`` per contiguous run;
+    columns (axis 1) are read row block by row block and gathered, so the temporary memory stays
+    below :data:`CHUNK_BYTES` plus the result.
+    """
+    shape, fortran = _logical(st)
+    if len(shape) > 3:
+        raise corrupt(st.path, f"{st.name!r} has unexpected rank {len(shape)}", st.what)
+    axis_eff = axis
+    if fortran and axis is not None:
+        axis_eff = 1 - axis
+    n_rows = shape[0] if shape else 1
+    row_elems = math.prod(shape[1:]) if len(shape) > 1 else 1
+    sel_rows = _as_index(latents, shape[axis_eff], st) if (latents is not None and axis_eff == 0) else None
+    sel_cols = _as_index(latents, shape[1], st) if (latents is not None and axis_eff == 1) else None
+    if sel_cols is None:
+        raw = _rows_raw(st, sel_rows, n_rows, row_elems)
+        out_rows = raw.shape[0]
+        t = raw.reshape((out_rows, *shape[1:])) if shape else raw.reshape(())
+    else:
+        step = max(1, CHUNK_BYTES // max(1, row_elems * st.dtype.itemsize))
+        idx = torch.tensor(sel_cols, dtype=torch.long)
+        src_dtype = torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
+        t = torch.empty((n_rows, len(sel_cols), *shape[2:]), dtype=dtype or src_dtype)
+        for a in range(0, n_rows, step):
+            b = min(n_rows, a + step)
+            block = _rows_raw(st, list(range(a, b)), n_rows, row_elems).reshape((b - a, *shape[1:]))
+            t[a:b].copy_(block.index_select(1, idx))
+    if fortran:
+        t = t.T
+    if check:
+        check_finite(t, st)
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    if transpose:
+        t = t.T
+    return t.contiguous()
+
+
+def memory_map(st: StoredTensor) -> torch.Tensor:
+    """A zero-copy, copy-on-write tensor over the stored bytes (uncompressed files only)."""
+    if st.offset is None:
+        raise CorruptArtifactError(
+            f"{st.describe()} is compressed inside its archive and cannot be memory-mapped; load it with "
+            "mmap=False."
+        )
+    shape, fortran = _logical(st)
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype)
+    arr = np.memmap(st.path, dtype=st.dtype, mode="c", offset=int(st.offset), shape=shape)
+    t = torch.from_numpy(arr)
+    return t.T if fortran else t
