@@ -32,15 +32,32 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from .errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
 
-if TYPE_CHECKING:
-    from .registry import Entry
+
+class Entry(Protocol):
+    """The registry facts this module reads (a :class:`sae_lens_gemmascope.registry.Entry`)."""
+
+    release: str
+    sae_id: str
+    format: str
+    kind: str
+    d_in: int
+    d_out: int
+    d_sae: int
+    d_sae_per_layer: int | None
+    layers: tuple[int, ...]
+    affine: bool
+    files: tuple[str, ...]
+
+    @property
+    def is_multilayer(self) -> bool: ...
+
 
 CONFIG_FILE = "config.json"
 EXAMPLES_FILE = "examples.safetensors"
@@ -136,6 +153,8 @@ def tensor_specs(
     ]
     if entry.affine:
         specs.append(TensorSpec(SKIP, (din, dout), "decoder", None))
+    if entry.format == "gs1_npz":  # the order of the arrays in a GS1 params.npz
+        specs = [specs[i] for i in (0, 3, 1, 4, 2)]
     return {s.name: s for s in specs}
 
 

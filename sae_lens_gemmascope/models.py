@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from ._index import manifest
 from .errors import GemmaScopeError, close_matches
 
 Family = Literal["gemma2", "gemma3_text", "gemma3_multimodal"]
@@ -54,10 +55,8 @@ class ModelFacts:
 
 @lru_cache(maxsize=1)
 def _all() -> dict[str, ModelFacts]:
-    from .registry import models as raw_models
-
     out = {}
-    for key, m in raw_models().items():
+    for key, m in manifest()["models"].items():
         out[key] = ModelFacts(
             key=key,
             hf_id=m["hf_id"],

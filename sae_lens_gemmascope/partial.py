@@ -44,7 +44,9 @@ class SAEEncoder(nn.Module):
         super().__init__()
         self.W_enc = nn.Parameter(W_enc, requires_grad=False)
         self.b_enc = nn.Parameter(b_enc, requires_grad=False)
-        self.threshold = Fp32Parameter(torch.Tensor(threshold.detach()).to(THRESHOLD_DTYPE), requires_grad=False)
+        self.threshold = Fp32Parameter(
+            torch.Tensor(threshold.detach()).to(THRESHOLD_DTYPE), requires_grad=False
+        )
         self.cfg = cfg
 
     @property

@@ -14,13 +14,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, Literal
 
-from ._paths import INDEX_DIR
+from ._index import manifest as _manifest
+from ._index import read_shard
 from .errors import UnknownReleaseError, UnknownSaeIdError, close_matches
 
 Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
@@ -130,12 +130,6 @@ class Entry:
         return n * files * dtype_bytes
 
 
-@lru_cache(maxsize=1)
-def _manifest() -> dict[str, Any]:
-    with open(INDEX_DIR / "manifest.json", encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 class _Shard(Mapping[str, Entry]):
     """One release's entries; rows become :class:`Entry` objects only when asked for."""
 
@@ -164,8 +158,7 @@ class _Shard(Mapping[str, Entry]):
 
 @cache
 def _shard(release: str) -> _Shard:
-    with open(INDEX_DIR / f"{release}.json", encoding="utf-8") as fh:
-        return _Shard(json.load(fh))
+    return _Shard(read_shard(release))
 
 
 def releases() -> list[str]:

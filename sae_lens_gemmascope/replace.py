@@ -39,38 +39,28 @@ from typing import Any
 import torch
 
 from .errors import HookMappingError
+from .hooking import Untrained, backend_of, check_processing, track_tokens
 from .hooks import hook_for
 from .multilayer import Crosscoder, CrossLayerTranscoder, MultiLayerModule
 
 __all__ = [
     "CLTReplacementState",
     "CrosscoderState",
-    "backend_of",
     "clt_replacement",
     "crosscoder_encoding",
     "run_with_crosscoder",
 ]
 
 
-def backend_of(model: Any) -> str:
-    """``"hooked_transformer"`` or ``"bridge"`` for a TransformerLens model; refuses folded norms.
-
-    The GS2 transcoder input includes the pre-MLP norm gain, which ``fold_ln`` moves into the MLP weights.
-    """
-    from transformer_lens import HookedTransformer
-
-    if isinstance(model, HookedTransformer):
-        backend = "hooked_transformer"
-    else:
-        try:
-            from transformer_lens.model_bridge import TransformerBridge
-        except ImportError:  # pragma: no cover
-            TransformerBridge = ()  # type: ignore[assignment]  # noqa: N806
-        if not isinstance(model, TransformerBridge):
-            raise HookMappingError(
-                f"Expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}."
-            )
-        backend = "bridge"
+def _tl_backend(model: Any) -> str:
+    """``"hooked_transformer"`` or ``"bridge"``: the replacements need a TransformerLens model."""
+    backend = backend_of(model)
+    if backend == "hf":
+        raise HookMappingError(
+            f"Expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}: "
+            "wrap it with HookedTransformer.from_pretrained_no_processing(..., hf_model=model) or "
+            "TransformerBridge.boot_transformers(..., hf_model=model)."
+        )
     norm = getattr(getattr(model, "cfg", None), "normalization_type", None)
     if norm in ("RMSPre", "LNPre"):
         raise HookMappingError(
@@ -116,36 +106,6 @@ def _n_zero(module: MultiLayerModule, zero_positions: int | None) -> int:
     return len(module.chat_prefix_tokens) if zero_positions is None else int(zero_positions)
 
 
-class _Untrained:
-    """The positions of the current pass Gemma Scope was not trained on: ``<bos>`` tokens, and the
-    chat prefix of IT models (see :func:`sae_lens_gemmascope.attach.untrained_positions`)."""
-
-    def __init__(self, model: Any, prefix_len: int, skip_bos: bool) -> None:
-        from .attach import bos_token_id
-
-        self.bos = bos_token_id(model)
-        self.prefix_len, self.skip_bos = prefix_len, skip_bos
-        self.tokens: torch.Tensor | None = None
-
-    def see(self, ids: torch.Tensor) -> None:
-        self.tokens = ids
-
-    def mask(self, act: torch.Tensor) -> torch.Tensor | None:
-        from .attach import untrained_positions
-
-        return untrained_positions(
-            act, self.tokens, bos_token_id=self.bos, skip_bos=self.skip_bos, prefix_len=self.prefix_len
-        )
-
-    def zero(self, t: torch.Tensor) -> torch.Tensor:
-        m = self.mask(t)
-        return t if m is None else t.masked_fill(m[..., None], 0)
-
-    def keep(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        m = self.mask(new)
-        return new if m is None else torch.where(m[..., None], old, new)
-
-
 @dataclass
 class CLTReplacementState:
     """What a :func:`clt_replacement` pass saw and wrote, per block (filled during the forward pass)."""
@@ -181,15 +141,13 @@ def clt_replacement(
     target ``j``. ``use_error_term=True`` adds ``(mlp_out - recon).detach()`` so the logits are the
     model's own. The yielded state holds the inputs, latents, reconstructions and errors of the last pass.
     """
-    from .attach import check_processing
-
-    backend = backend_of(model)
+    backend = _tl_backend(model)
     check_processing(model, (clt.input_site,))  # e.g. a TransformerBridge in compatibility mode
     key = _model_key(clt, model_key)
     tg = list(range(clt.n_blocks)) if targets is None else sorted({int(t) for t in targets})
     sources = sorted({i for j in tg for i in clt.sources_of(j)})
     clt.load(tg)
-    untrained = _Untrained(model, _n_zero(clt, zero_positions), skip_bos)
+    untrained = Untrained(model, _n_zero(clt, zero_positions), skip_bos)
     state = CLTReplacementState()
 
     def encode_hook(
@@ -229,8 +187,6 @@ def clt_replacement(
         name = str(hook_for(key, clt.output_site, clt.layers[j], backend).hook_name)
         fwd.append((name, write_hook(j)))
         state.hook_names[str(j)] = (in_names[j], name)
-    from .attach import track_tokens
-
     with model.hooks(fwd_hooks=fwd), track_tokens(model, untrained.see):
         yield state
 
@@ -240,7 +196,7 @@ class CrosscoderState:
     """Latents of a crosscoder's four blocks from one pass, and (after :meth:`reconstruct`) x̂ and errors."""
 
     crosscoder: Crosscoder
-    untrained: _Untrained | None = None
+    untrained: Untrained | None = None
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)
     features: dict[int, torch.Tensor] = field(default_factory=dict)
     reconstructions: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -273,10 +229,10 @@ def crosscoder_encoding(
     After the forward pass, ``state.features[k]`` holds block ``k``'s latents and
     ``state.reconstruct()`` gives ``x̂_j`` for every block.
     """
-    backend = backend_of(model)
+    backend = _tl_backend(model)
     key = _model_key(crosscoder, model_key)
     crosscoder.load()
-    untrained = _Untrained(model, _n_zero(crosscoder, zero_positions), skip_bos)
+    untrained = Untrained(model, _n_zero(crosscoder, zero_positions), skip_bos)
     state = CrosscoderState(crosscoder, untrained=untrained)
 
     def hook(k: int) -> Callable[[torch.Tensor, Any], None]:
@@ -290,8 +246,6 @@ def crosscoder_encoding(
         (str(hook_for(key, crosscoder.input_site, layer, backend).hook_name), hook(k))
         for k, layer in enumerate(crosscoder.layers)
     ]
-    from .attach import track_tokens
-
     with model.hooks(fwd_hooks=fwd), track_tokens(model, untrained.see):
         yield state
 
@@ -318,7 +272,7 @@ def run_with_crosscoder(
     ) as st:
         model(model_input, **forward_kwargs)
     st.reconstruct()
-    backend = backend_of(model)
+    backend = _tl_backend(model)
     key = _model_key(crosscoder, model_key)
 
     def hook(j: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:

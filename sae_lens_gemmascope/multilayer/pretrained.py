@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..artifacts import CONFIG_FILE, has_config, read_config
 from ..errors import GemmaScopeError
 from ..registry import Entry
-
-if TYPE_CHECKING:
-    from .module import MultiLayerModule
 
 PathLike = str | os.PathLike[str]
 
@@ -32,7 +29,8 @@ class WrongKindError(GemmaScopeError, TypeError):
 _CLASS_FOR_KIND = {"clt": "CrossLayerTranscoder", "crosscoder": "Crosscoder"}
 
 
-def check_kind(cls: type[MultiLayerModule], entry: Entry) -> None:
+def check_kind(cls: type[Any], entry: Entry) -> None:
+    """Refuse an entry whose kind is not ``cls.kind`` (``cls`` is a MultiLayerModule subclass)."""
     if entry.kind == cls.kind:
         return
     if entry.kind in _CLASS_FOR_KIND:

@@ -1,19 +1,16 @@
-"""A SAELens view of one block of a CLT / crosscoder: its encoder as a ``JumpReLUSAE``."""
+"""A SAELens view of one block of a CLT / crosscoder (a ``MultiLayerModule``): its encoder as a ``JumpReLUSAE``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..artifacts import Fp32Parameter
 from ..errors import GemmaScopeError
 
-if TYPE_CHECKING:
-    from .module import MultiLayerModule
 
-
-def sae_view(self: MultiLayerModule, block: int) -> Any:
+def sae_view(self: Any, block: int) -> Any:
     """A SAELens ``JumpReLUSAE`` of ``block``'s **encoder**, for feature activations only.
 
     ``W_enc``/``b_enc``/``threshold`` are the block's; ``W_dec`` is the same-block decoder slice
