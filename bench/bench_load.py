@@ -49,7 +49,7 @@ CHILD = (
     + r"""
 mode, release, sae_id, fmt, path = sys.argv[1:6]
 import torch
-if mode == "ours":
+if mode.startswith("ours"):
     import sae_lens, sae_lens_gemmascope
     from sae_lens_gemmascope import load
 else:
@@ -59,6 +59,16 @@ import gc; gc.collect(); reset_peak(); base = rss()
 t0 = time.perf_counter()
 if mode == "ours":
     obj = load(release, sae_id)
+elif mode == "ours_full":  # verify="full": every matrix scanned for NaN/inf too
+    obj = load(release, sae_id, verify="full")
+elif mode == "ours_mmap":  # zero-copy; then touch every page, like the floor
+    obj = load(release, sae_id, mmap=True)
+    for t in obj.state_dict().values():
+        t.sum()
+elif mode == "ours_encoder":
+    obj = load(release, sae_id, parts="encoder")
+elif mode == "ours_bf16":
+    obj = load(release, sae_id, dtype="bfloat16")
 else:
     if fmt == "gs1_npz":
         with np.load(path, allow_pickle=False) as z:
@@ -211,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             gb = e.size_bytes() / 1e9
             n = args.repeat
             res = {"floor": best(CHILD, "floor", rel, sid, e.format, str(path), env=env, repeat=n, path=path)}
-            res["ours"] = best(CHILD, "ours", rel, sid, e.format, str(path), env=env, repeat=n, path=path)
+            for mode in ("ours", "ours_full", "ours_mmap", "ours_encoder", "ours_bf16"):
+                res[mode] = best(CHILD, mode, rel, sid, e.format, str(path), env=env, repeat=n, path=path)
             if not args.skip_saelens:
                 res["saelens"] = best(SAELENS_CALL, e.repo_id, e.path, e.format, env=env, repeat=1, path=path)
             rows.append((e, gb, res))
@@ -240,6 +251,27 @@ def main(argv: list[str] | None = None) -> int:
             )
             if "error" in s:
                 print(f"    SAELens loader failed: {s['error']}")
+        enc_bytes = {id(e): 4 * (e.d_in * e.d_sae + 2 * e.d_sae) for e, _, _ in rows}
+        print(
+            "\nother modes of ours (wall s / peak GB; ratio to the floor's wall, and peak / bytes of the part):"
+        )
+        for e, gb, r in rows:
+            f = r["floor"]
+            cells = []
+            for mode, part in (
+                ("ours_full", gb * 1e9),
+                ("ours_mmap", gb * 1e9),
+                ("ours_encoder", enc_bytes[id(e)]),
+                ("ours_bf16", gb * 0.5e9),
+            ):
+                m = r.get(mode, {})
+                if "error" in m or not m:
+                    cells.append(f"{mode[5:]}: error {m.get('error', '')[:40]}")
+                    continue
+                cells.append(
+                    f"{mode[5:]} {m['wall']:.2f}s/{m['peak'] / 1e9:.2f}GB ({m['wall'] / f['wall']:.2f}x t, {m['peak'] / part:.2f}x m)"
+                )
+            print(f"{(e.format[:3] + ' ' + e.sae_id)[:44]:44} " + "; ".join(cells))
     return 0
 
 

@@ -64,8 +64,10 @@ def _flat_input(sae: Any, x: torch.Tensor, d_in: int) -> tuple[torch.Tensor, tup
 def _chunk_features(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, thr: torch.Tensor, a: int, z: int
 ) -> torch.Tensor:
-    pre = x @ w[:, a:z] + b[a:z]
-    return torch.relu(pre) * (pre > thr[a:z]).to(pre.dtype)
+    pre = x @ w[:, a:z]
+    pre += b[a:z]  # as SAELens: x @ W_enc + b_enc (not a fused addmm, which rounds differently)
+    # relu(pre) * (pre > threshold), in place (one T x C buffer instead of four)
+    return pre.masked_fill_(~(pre > thr[a:z]), 0).relu_()
 
 
 @torch.no_grad()

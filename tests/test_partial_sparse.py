@@ -101,7 +101,9 @@ def test_latent_selection_encodes_exactly_those_latents_in_order(hf_cache, no_ne
     sae = load(*GS2_TC, latents=latents, check_shapes=False)  # the whole SAELens object, restricted
     assert sae.cfg.d_sae == len(ids) and sae.cfg.metadata.gemmascope_latents == ids
     np.testing.assert_allclose(sae.W_dec.detach().double().numpy(), raw["w_dec"][ids], rtol=0, atol=0)
-    np.testing.assert_allclose(sae.W_skip.detach().double().numpy(), raw["affine_skip_connection"].T, rtol=0, atol=0)
+    np.testing.assert_allclose(
+        sae.W_skip.detach().double().numpy(), raw["affine_skip_connection"].T, rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
