@@ -43,17 +43,41 @@ from .errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
 class Entry(Protocol):
     """The registry facts this module reads (a :class:`sae_lens_gemmascope.registry.Entry`)."""
 
-    release: str
-    sae_id: str
-    format: str
-    kind: str
-    d_in: int
-    d_out: int
-    d_sae: int
-    d_sae_per_layer: int | None
-    layers: tuple[int, ...]
-    affine: bool
-    files: tuple[str, ...]
+    @property
+    def release(self) -> str: ...
+
+    @property
+    def sae_id(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def site(self) -> str: ...
+
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def d_out(self) -> int: ...
+
+    @property
+    def d_sae(self) -> int: ...
+
+    @property
+    def d_sae_per_layer(self) -> int | None: ...
+
+    @property
+    def layers(self) -> tuple[int, ...]: ...
+
+    @property
+    def affine(self) -> bool: ...
+
+    @property
+    def files(self) -> tuple[str, ...]: ...
 
     @property
     def is_multilayer(self) -> bool: ...

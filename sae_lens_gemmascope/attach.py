@@ -204,7 +204,7 @@ def resolve_sites(sae: Any, entry: Any = None, model: str | None = None) -> Site
 # ----------------------------------------------------------------------------- state
 
 
-class FeatureCache(dict):
+class FeatureCache(dict[str, torch.Tensor]):
     """Feature activations ``[batch, pos, d_sae]`` of the last forward pass, keyed like SAELens'
     ``run_with_cache`` (``<hook_name>.hook_sae_acts_post``); ``.features`` is the single tensor."""
 
@@ -293,17 +293,21 @@ def _prepare_sae(model: Any, sae: Any) -> Callable[[], None]:
     that restores the reshaping mode."""
     if getattr(sae, "hook_z_reshaping_mode", False):
         sae.turn_off_forward_pass_hook_z_reshaping()
-        return sae.turn_on_forward_pass_hook_z_reshaping
+        restore: Callable[[], None] = sae.turn_on_forward_pass_hook_z_reshaping
+        return restore
     return lambda: None
 
 
 def _skip(sae: Any, x_in: torch.Tensor) -> torch.Tensor | None:
     w = getattr(sae, "W_skip", None)
-    return None if w is None else x_in.to(w.dtype) @ w.T
+    if w is None:
+        return None
+    s: torch.Tensor = x_in.to(w.dtype) @ w.T
+    return s
 
 
 def _encode(sae: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    f = sae.encode(x)
+    f: torch.Tensor = sae.encode(x)
     if mask is not None:
         f = f.masked_fill(mask[..., None], 0)
     return f
@@ -315,7 +319,7 @@ def _keep(new: torch.Tensor, act: torch.Tensor, mask: torch.Tensor | None) -> to
 
 
 def _recon(sae: Any, feats: torch.Tensor, x_in: torch.Tensor | None) -> torch.Tensor:
-    r = sae.decode(feats)
+    r: torch.Tensor = sae.decode(feats)
     if x_in is not None:
         s = _skip(sae, x_in)
         if s is not None:
@@ -414,7 +418,8 @@ def _direction(sae: Any, feature: int) -> torch.Tensor:
         raise IndexError(
             f"feature {feature} is out of range: this SAE has d_sae={d_sae} features (0..{d_sae - 1})."
         )
-    return sae.W_dec[feature].detach()
+    d: torch.Tensor = sae.W_dec[feature].detach()
+    return d
 
 
 @contextlib.contextmanager

@@ -142,7 +142,8 @@ def _rms_no_gain(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _module(model: Any, path: str) -> torch.nn.Module:
     try:
-        return model.get_submodule(path)
+        mod: torch.nn.Module = model.get_submodule(path)
+        return mod
     except AttributeError as e:
         raise HookMappingError(
             f"{type(model).__name__} has no module {path!r}: is this the Gemma family the SAE was trained on?"
@@ -244,11 +245,14 @@ def record(
 
 def _embedding_module(model: Any) -> torch.nn.Module | None:
     backend = backend_of(model)
+    emb: torch.nn.Module | None
     if backend == "hooked_transformer":
-        return model.embed
-    if backend == "bridge":
-        return getattr(model, "embed", None)
-    return model.get_input_embeddings()
+        emb = model.embed
+    elif backend == "bridge":
+        emb = getattr(model, "embed", None)
+    else:
+        emb = model.get_input_embeddings()
+    return emb
 
 
 @contextlib.contextmanager

@@ -124,9 +124,10 @@ def log10_sparsity(
             cache_dir=cache_dir,
         )
     else:
-        path = cached_file(entry, EXAMPLES_FILE, revision=revision, cache_dir=cache_dir)
-        if path is None:
+        found = cached_file(entry, EXAMPLES_FILE, revision=revision, cache_dir=cache_dir)
+        if found is None:
             return None
+        path = found
     from .reading import TensorFile
 
     freq = TensorFile(path, f"{entry.release}/{entry.sae_id}").read_numpy("feature_frequencies")

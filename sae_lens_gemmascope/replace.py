@@ -97,9 +97,10 @@ def _input_hook(
         return name, lambda x: x
     alt = f"blocks.{layer}.ln2.hook_normalized"
     ln2 = getattr(model.blocks[layer], "ln2", None)
-    if alt not in hook_dict or getattr(ln2, "w", None) is None:
+    gain = getattr(ln2, "w", None)
+    if alt not in hook_dict or gain is None:
         raise HookMappingError(f"{type(model).__name__} has neither {name} nor {alt} with a gain ln2.w.")
-    return alt, lambda x: x.to(ln2.w.dtype) * ln2.w
+    return alt, lambda x: x.to(gain.dtype) * gain
 
 
 def _n_zero(module: MultiLayerModule, zero_positions: int | None) -> int:

@@ -143,9 +143,9 @@ def encode_sparse(
     r_all = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=w.device)
     c_all = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long, device=w.device)
     v_all = torch.cat(vals) if vals else torch.empty(0, dtype=w.dtype, device=w.device)
-    idx = [*torch.unravel_index(r_all, lead), c_all] if lead else [c_all]
+    idx = torch.stack([*torch.unravel_index(r_all, lead), c_all]) if lead else c_all[None]
     shape = (*lead, d_sae)
-    return torch.sparse_coo_tensor(torch.stack(idx) if idx else idx, v_all, shape).coalesce()
+    return torch.sparse_coo_tensor(idx, v_all, shape).coalesce()
 
 
 @torch.no_grad()
@@ -188,4 +188,5 @@ def decode_sparse(
     w_skip = getattr(sae, "W_skip", None)
     if w_skip is not None and x is not None:
         out = out + x.to(w_skip.dtype) @ w_skip.T
-    return out
+    result: torch.Tensor = out
+    return result

@@ -266,7 +266,8 @@ class MultiLayerModule(nn.Module):
             return torch.zeros(self.block_widths[i], self.d_model, dtype=self.dtype, device=self.device)
         if key not in self.W_dec:
             self._put(self.W_dec, key, self._file(i).read_w_dec([j])[j], self._what(i, f"w_dec[:, {j}, :]"))
-        return self.W_dec[key]
+        w: torch.Tensor = self.W_dec[key]
+        return w
 
     def load(self, targets: Iterable[int] | None = None) -> MultiLayerModule:
         """Load what reconstructing ``targets`` (default: all blocks) needs, file by file; returns self.
@@ -311,7 +312,8 @@ class MultiLayerModule(nn.Module):
                 f"block {b} expects inputs with last dim {self.d_model}, got {tuple(x.shape)}"
             )
         x = x.to(device=self.device, dtype=self.dtype)
-        return x @ self.W_enc[str(b)] + self.b_enc[str(b)]
+        pre: torch.Tensor = x @ self.W_enc[str(b)] + self.b_enc[str(b)]
+        return pre
 
     def encode(self, block: int, x: torch.Tensor) -> torch.Tensor:
         """JumpReLU latents of ``block`` from its input ``x`` (..., d_model): ``relu(pre) * (pre > threshold)``.
@@ -320,7 +322,8 @@ class MultiLayerModule(nn.Module):
         """
         pre = self.pre_activations(block, x)
         mask = pre.float() > self.threshold[str(int(block))]
-        return torch.relu(pre) * mask.to(pre.dtype)
+        f: torch.Tensor = torch.relu(pre) * mask.to(pre.dtype)
+        return f
 
     def decode_to(
         self,
@@ -539,7 +542,7 @@ class MultiLayerModule(nn.Module):
         if entry.alias_of is not None:
             entry = registry.get(*entry.alias_of)
         check_kind(cls, entry)
-        kw = dict(
+        kw: dict[str, Any] = dict(
             revision=revision,
             force_download=force_download,
             local_files_only=local_files_only,

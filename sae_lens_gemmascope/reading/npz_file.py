@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -101,7 +102,7 @@ def locate_npz(path: str | Path) -> dict[str, StoredTensor]:
                     z = zipfile.ZipFile(path)
                     s = z.open(member)
                     _npy_header(s, path, name)  # type: ignore[arg-type]
-                    return _ClosingStream(s, z)  # type: ignore[return-value]
+                    return _ClosingStream(s, z)  # type: ignore[arg-type,return-value]
 
                 out[name] = StoredTensor(name, path, dtype, shape, open_stream=opener, fortran_order=fortran)
     return out
@@ -114,7 +115,8 @@ class _ClosingStream:
         self._s, self._z = stream, archive
 
     def readinto(self, b: memoryview) -> int:
-        return self._s.readinto(b)  # type: ignore[attr-defined]
+        n: int = self._s.readinto(b)  # type: ignore[attr-defined]
+        return n
 
     def close(self) -> None:
         self._s.close()
@@ -133,7 +135,7 @@ class NpzFile:
     npz members; ``bench/bench_load.py`` has the rows.
     """
 
-    def __init__(self, path: str | Path, what: str = "") -> None:
+    def __init__(self, path: str | os.PathLike[str], what: str = "") -> None:
         self.path = Path(path)
         self.what = what
         self._stored = {k: dataclasses.replace(v, what=what) for k, v in locate_npz(self.path).items()}

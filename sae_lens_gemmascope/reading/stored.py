@@ -153,7 +153,7 @@ def _rows_raw(st: StoredTensor, rows: list[int] | None, n_rows: int, row_elems: 
     if not want or row_elems == 0:
         return out
     row_bytes = row_elems * st.dtype.itemsize
-    flat = memoryview(out.view(torch.uint8).numpy()).cast("B")
+    flat = memoryview(out.view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]
     if st.open_stream is not None:  # compressed npz member: stream through, keep the rows wanted
         _stream_rows(st, want, n_rows, row_bytes, flat)
         return out
