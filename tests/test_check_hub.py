@@ -18,6 +18,7 @@ import yaml
 
 from sae_lens_gemmascope._paths import registry_dir
 from sae_lens_gemmascope.maintainers import compile_index as C
+from sae_lens_gemmascope.maintainers import yaml_rt
 from sae_lens_gemmascope.maintainers.hubcheck import (
     LiveHub,
     ReplayHub,
@@ -26,7 +27,6 @@ from sae_lens_gemmascope.maintainers.hubcheck import (
     cli_check_hub,
     fixture_name,
 )
-from sae_lens_gemmascope.maintainers.yamledit import YamlEditError, YamlEditor, check_same
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hub"
 NP = "https://www.neuronpedia.org/api/feature"
@@ -300,20 +300,38 @@ def test_write_multilayer_folder_status(reg_copy: Path, no_network: None) -> Non
     ]
 
 
-def test_yamledit_keeps_comments_and_refuses_wrong_results() -> None:
-    text = "fam:\n  # a comment\n  status: expected   # why\n  extra:\n    - a   # first\n\n# tail\n"
-    ed = YamlEditor(text)
-    ed.append_seq_item(("fam", "extra"), "b")
-    ed.set_scalar(("fam", "status"), "observed")
+@pytest.mark.parametrize("name", sorted(p.name for p in registry_dir().glob("*.yaml")))
+def test_every_registry_file_round_trips_byte_for_byte(name: str) -> None:
+    raw = (registry_dir() / name).read_bytes()
+    assert yaml_rt.dump(yaml_rt.load(raw.decode("utf-8"))).encode("utf-8") == raw
+
+
+def test_registry_has_twenty_yaml_files() -> None:
+    assert len(list(registry_dir().glob("*.yaml"))) == 20
+
+
+def test_yaml_rt_keeps_comments_and_refuses_wrong_results() -> None:
+    text = "fam:\n  # a comment\n  status: expected   # why\n  extra:\n    - a   # first\n\n# tail\nnext: 1\n"
+    doc = yaml_rt.load(text)
+    yaml_rt.append_item(doc["fam"]["extra"], "b")
+    yaml_rt.set_value(doc["fam"], "status", "observed")
     assert (
-        ed.text()
-        == "fam:\n  # a comment\n  status: observed   # why\n  extra:\n    - a   # first\n    - b\n\n# tail\n"
+        yaml_rt.dump(doc)
+        == "fam:\n  # a comment\n  status: observed   # why\n  extra:\n    - a   # first\n    - b\n\n# tail\nnext: 1\n"
     )
-    check_same(ed.text(), {"fam": {"status": "observed", "extra": ["a", "b"]}})
-    with pytest.raises(YamlEditError):
-        check_same(ed.text(), {"fam": {"status": "expected", "extra": ["a", "b"]}})
-    with pytest.raises(YamlEditError, match="fam/nope not found"):
-        ed.set_scalar(("fam", "nope"), 1)
+    yaml_rt.add_key(doc["fam"], "status_exceptions", yaml_rt.block_map({"layer_1": "expected"}))
+    yaml_rt.add_key(doc["fam"]["status_exceptions"], "layer_2", "observed", comment="seen", indent=4)
+    yaml_rt.delete_key(doc["fam"]["status_exceptions"], "layer_1")
+    assert yaml_rt.dump(doc).endswith(
+        "    - b\n  status_exceptions:\n    layer_2: observed   # seen\n\n# tail\nnext: 1\n"
+    )
+    yaml_rt.check_same(yaml_rt.dump(doc), doc)
+    yaml_rt.delete_key(
+        doc["fam"], "status_exceptions", tail=yaml_rt.delete_key(doc["fam"]["status_exceptions"], "layer_2")
+    )
+    assert yaml_rt.dump(doc).endswith("    - b\n\n# tail\nnext: 1\n")
+    with pytest.raises(yaml_rt.YamlEditError):
+        yaml_rt.check_same(yaml_rt.dump(doc), {**doc, "next": 2})
 
 
 def _hub_reachable() -> bool:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from sae_lens_gemmascope.offline import realmodel
 from sae_lens_gemmascope.hooks import hook_for
+from sae_lens_gemmascope.offline import realmodel
 
 pytestmark = pytest.mark.slow
 

@@ -57,11 +57,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ruamel.yaml.comments import CommentedMap
+
 from .._paths import registry_dir as default_registry_dir
 from ..errors import close_matches
 from ..registry import Entry
 from . import compile_index as C
-from .yamledit import PathSeg, YamlEditor, check_same
+from . import yaml_rt as R
 
 NPZ_SLACK = 64 * 1024
 NEURONPEDIA_API = "https://www.neuronpedia.org/api/feature"
@@ -663,60 +665,63 @@ def _today() -> str:
     return _dt.date.today().isoformat()
 
 
-def _drop_exc(ed: YamlEditor, node: dict[str, Any], base: tuple[PathSeg, ...], key: str) -> None:
-    ed.delete_map_item((*base, "status_exceptions"), key)
-    del node["status_exceptions"][key]
-    if not node["status_exceptions"]:
-        del node["status_exceptions"]
+def _drop_exc(node: CommentedMap, key: str) -> None:
+    exc = node["status_exceptions"]
+    left = R.delete_key(exc, key)
+    if not exc:
+        R.delete_key(node, "status_exceptions", tail=left)
 
 
-def _set_exc(
-    ed: YamlEditor, node: dict[str, Any], base: tuple[PathSeg, ...], key: str, value: str, comment: str
-) -> None:
-    ed.set_map_item((*base, "status_exceptions"), key, value, comment=comment)
-    node.setdefault("status_exceptions", {})[key] = value
+def _set_exc(node: CommentedMap, key: str, value: str, comment: str) -> None:
+    exc = node.get("status_exceptions")
+    if exc is None:
+        indent = (R.indent_of(node) or 0) + 2
+        exc = R.block_map({key: value})
+        exc.yaml_add_eol_comment("# " + comment, key, column=indent + len(f"{key}: {value}") + 3)
+        R.add_key(node, "status_exceptions", exc)
+    elif key in exc:
+        exc[key] = value
+    else:
+        R.add_key(exc, key, value, comment=comment)
 
 
-def _promote(ed: YamlEditor, node: dict[str, Any], base: tuple[PathSeg, ...], evidence: str) -> None:
-    """``status: expected`` -> observed, evidence extended, every exception dropped."""
-    ed.set_scalar((*base, "status"), "observed")
-    node["status"] = "observed"
+def _observe(node: CommentedMap, evidence: str) -> None:
+    """``status: expected`` -> observed; the evidence keeps what it said before."""
+    R.set_value(node, "status", "observed")
     if "evidence" in node:
-        node["evidence"] = f"{evidence}; was expected: {node['evidence']}"
-        ed.set_scalar((*base, "evidence"), node["evidence"])
+        R.set_value(node, "evidence", f"{evidence}; was expected: {node['evidence']}")
+
+
+def _promote(node: CommentedMap, evidence: str) -> None:
+    """``status: expected`` -> observed, evidence extended, every exception dropped."""
+    _observe(node, evidence)
     for k in list(node.get("status_exceptions") or {}):
-        _drop_exc(ed, node, base, k)
+        _drop_exc(node, k)
 
 
 def _gs2_status(
-    ed: YamlEditor,
-    node: dict[str, Any],
-    base: tuple[PathSeg, ...],
-    names: list[str],
-    confirmed: set[str],
-    evidence: str,
+    node: CommentedMap, where: str, names: list[str], confirmed: set[str], evidence: str
 ) -> list[str]:
     """Mark ``confirmed`` folder names of one GS2 family observed (``names`` = all its folders)."""
     exc = dict(node.get("status_exceptions") or {})
     status = node["status"]
-    where = "/".join(str(b) for b in base[1:])
     if status == "expected" and all(exc.get(n, status) == "observed" or n in confirmed for n in names):
-        _promote(ed, node, base, evidence)
+        _promote(node, evidence)
         return [f"{where}: status expected -> observed ({len(confirmed)} confirmed)"]
     log = []
     for n in sorted(confirmed):
         if exc.get(n) == "expected" and status == "observed":
-            _drop_exc(ed, node, base, n)
+            _drop_exc(node, n)
             log.append(f"{where}/{n}: dropped its 'expected' exception")
         elif exc.get(n, status) == "expected":
-            _set_exc(ed, node, base, n, "observed", evidence)
+            _set_exc(node, n, "observed", evidence)
             log.append(f"{where}/{n}: status_exceptions -> observed")
     return log
 
 
-def _gs1_status(ed: YamlEditor, doc: dict[str, Any], confirmed: set[str], evidence: str) -> list[str]:
+def _gs1_status(doc: CommentedMap, confirmed: set[str], evidence: str) -> list[str]:
     """Mark ``confirmed`` GS1 folder paths observed. Exceptions are keyed 'layer/width' (which wins,
-    as in ``_compile.expand_gs1``) or by the full folder path."""
+    as in ``compile_index.expand_gs1``) or by the full folder path."""
     groups = {
         f"{lk}/{wk}": [f"{lk}/{wk}/average_l0_{v}" for v in l0s]
         for lk, ws in doc["folders"].items()
@@ -726,12 +731,12 @@ def _gs1_status(ed: YamlEditor, doc: dict[str, Any], confirmed: set[str], eviden
     exc = dict(doc.get("status_exceptions") or {})
 
     def eff(lw: str, p: str) -> str:
-        return exc.get(lw, exc.get(p, status))
+        return str(exc.get(lw, exc.get(p, status)))
 
     if status == "expected" and all(
         eff(lw, p) == "observed" or p in confirmed for lw, ps in groups.items() for p in ps
     ):
-        _promote(ed, doc, (), evidence)
+        _promote(doc, evidence)
         return [f"status expected -> observed ({len(confirmed)} confirmed)"]
     log = []
     for lw, ps in groups.items():
@@ -739,22 +744,22 @@ def _gs1_status(ed: YamlEditor, doc: dict[str, Any], confirmed: set[str], eviden
         if not conf:
             continue
         if lw in exc and exc[lw] == "expected":
-            _drop_exc(ed, doc, (), lw)
+            _drop_exc(doc, lw)
             log.append(f"{lw}: dropped its 'expected' exception")
             for p in ps:
                 if status == "observed" and p not in confirmed:
-                    _set_exc(ed, doc, (), p, "expected", "still not on the hub")
+                    _set_exc(doc, p, "expected", "still not on the hub")
                     log.append(f"{p}: status_exceptions -> expected (the rest of {lw} was confirmed)")
                 elif status == "expected" and p in confirmed:
-                    _set_exc(ed, doc, (), p, "observed", evidence)
+                    _set_exc(doc, p, "observed", evidence)
                     log.append(f"{p}: status_exceptions -> observed")
             continue
         for p in conf:
             if exc.get(p) == "expected" and status == "observed":
-                _drop_exc(ed, doc, (), p)
+                _drop_exc(doc, p)
                 log.append(f"{p}: dropped its 'expected' exception")
             elif eff(lw, p) == "expected":
-                _set_exc(ed, doc, (), p, "observed", evidence)
+                _set_exc(doc, p, "observed", evidence)
                 log.append(f"{p}: status_exceptions -> observed")
     return log
 
@@ -767,64 +772,69 @@ def _width_order(k: str) -> int:
     return C.WIDTH_TOKENS.get(k.removeprefix("width_"), 1 << 40)
 
 
+def _add_gs1_folder(folders: CommentedMap, layer: str, width: str, l0: int) -> None:
+    """Add one L0 to ``folders`` (``layer_N: {width_W: [...]}``), keeping layers and widths sorted."""
+    if layer not in folders:
+        later = [k for k in folders if _gs1_key_order(k) > _gs1_key_order(layer)]
+        before = min(later, key=_gs1_key_order) if later else None
+        R.add_key(folders, layer, R.flow_map({width: [l0]}), before=before)
+        return
+    ws = folders[layer]
+    if width in ws:
+        values = sorted({*ws[width], l0})
+        ws[width].clear()
+        ws[width].extend(values)
+        return
+    pos = sum(1 for k in ws if _width_order(k) < _width_order(width))
+    ws.insert(pos, width, R.flow_seq([l0]))
+
+
 def plan_write(rep: RepoReport, text: str, evidence: str, models: dict[str, Any]) -> tuple[str, list[str]]:
     """The edited YAML text of ``rep.registry_file`` and a log of what changed.
 
-    The edit is checked: the new text must parse to exactly the intended document.
+    The edit is checked: the new text must parse to exactly the edited document.
     """
-    intended = C.yaml.safe_load(text)
-    ed = YamlEditor(text)
+    doc = R.load(text)
     log: list[str] = []
     confirmed = {e.path for e in rep.confirmed}
-    if intended["generation"] == 1:
+    if doc["generation"] == 1:
         if confirmed:
-            log += _gs1_status(ed, intended, confirmed, evidence)
-        folders = intended["folders"]
+            log += _gs1_status(doc, confirmed, evidence)
         for layer, width, l0 in sorted(
             rep.new_gs1, key=lambda t: (_gs1_key_order(t[0]), _width_order(t[1]), t[2])
         ):
             if width.removeprefix("width_") not in C.WIDTH_TOKENS:
                 rep.new_gs1.remove((layer, width, l0))  # stays an error: not written
                 log.append(
-                    f"skipped {layer}/{width}/average_l0_{l0}: unknown width token (add it to _compile.WIDTH_TOKENS)"
+                    f"skipped {layer}/{width}/average_l0_{l0}: unknown width token "
+                    "(add it to compile_index.WIDTH_TOKENS)"
                 )
                 continue
-            if layer in folders:
-                ws = dict(folders[layer])
-                ws[width] = sorted({*ws.get(width, []), l0})
-                folders[layer] = dict(sorted(ws.items(), key=lambda kv: _width_order(kv[0])))
-                ed.set_flow(("folders", layer), folders[layer])
-            else:
-                later = [k for k in folders if _gs1_key_order(k) > _gs1_key_order(layer)]
-                before = min(later, key=_gs1_key_order) if later else None
-                folders[layer] = {width: [l0]}
-                ed.set_map_item(("folders",), layer, folders[layer], before=before, flow=True)
+            _add_gs1_folder(doc["folders"], layer, width, l0)
             log.append(f"folders/{layer}/{width}: added average_l0_{l0}")
     else:
-        fams = intended["families"]
+        fams = doc["families"]
         for fam, f in fams.items():
             if f["kind"] in ("clt", "crosscoder"):
                 for fd in f["folders"]:
                     if fd["status"] == "expected" and f"{fam}/{fd['name']}" in confirmed:
-                        base: tuple[PathSeg, ...] = ("families", fam, "folders", ("name", fd["name"]))
-                        ed.set_scalar((*base, "status"), "observed")
-                        fd["status"] = "observed"
-                        if "evidence" in fd:
-                            fd["evidence"] = f"{evidence}; was expected: {fd['evidence']}"
-                            ed.set_scalar((*base, "evidence"), fd["evidence"])
+                        _observe(fd, evidence)
                         log.append(f"{fam}/{fd['name']}: status expected -> observed")
                 continue
             names = {p.split("/", 1)[1] for p in confirmed if p.startswith(fam + "/")}
             if names:
-                one = {**intended, "families": {fam: f}}
+                plain = C.yaml.safe_load(R.dump(doc))
+                one = {**plain, "families": {fam: plain["families"][fam]}}
                 all_names = [r["path"].split("/", 1)[1] for r in C.expand_gs2(one, models)]
-                log += _gs2_status(ed, f, ("families", fam), all_names, names, evidence)
+                log += _gs2_status(f, f"families/{fam}", all_names, names, evidence)
         for fam, name in sorted(rep.new_gs2):
-            fams[fam].setdefault("extra_folders", []).append(name)
-            ed.append_seq_item(("families", fam, "extra_folders"), name)
+            if "extra_folders" in fams[fam]:
+                R.append_item(fams[fam]["extra_folders"], name)
+            else:
+                R.add_key(fams[fam], "extra_folders", R.block_seq([name]))
             log.append(f"{fam}/{name}: added to extra_folders")
-    new_text = ed.text()
-    check_same(new_text, intended)
+    new_text = R.dump(doc)
+    R.check_same(new_text, doc)
     return new_text, log
 
 
