@@ -56,11 +56,6 @@ def canonical_l0(values: list[int]) -> int:
     return min(values, key=lambda v: (abs(v - 100), -v))
 
 
-def _split_layer_width(key: str) -> tuple[str, str]:
-    layer, width = key.split("/")
-    return layer, width
-
-
 def load_yaml_docs(directory: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Read ``models.yaml`` and every repo file. Returns (models, {file name: document})."""
     d = directory or registry_dir()
@@ -365,12 +360,6 @@ def pack_shard(entries: list[dict[str, Any]]) -> dict[str, Any]:
     columns.insert(0, "sae_id")
     rows = [[e.get(c) for c in columns] for e in entries]
     return {"common": common, "columns": columns, "rows": rows}
-
-
-def unpack_shard(shard: dict[str, Any]) -> list[dict[str, Any]]:
-    """Inverse of :func:`pack_shard`."""
-    cols = shard["columns"]
-    return [{**shard["common"], **dict(zip(cols, row, strict=True))} for row in shard["rows"]]
 
 
 def compile_index(out_dir: Path | None = None, directory: Path | None = None) -> dict[str, str]:
