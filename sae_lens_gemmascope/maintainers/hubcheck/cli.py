@@ -68,8 +68,14 @@ def cli_check_hub(args: Any) -> int:
     if getattr(args, "write", False):
         pending = []  # write_fixes records every confirmed entry as observed
         before = C.build_index(directory)
-        from .write import write_fixes  # needs ruamel.yaml (the maintainers extra)
-
+        try:
+            from .write import write_fixes  # needs ruamel.yaml (the maintainers extra)
+        except ImportError as err:
+            print(
+                f"check-hub --write needs ruamel.yaml ({err}): pip install 'sae-lens-gemmascope[maintainers]'",
+                file=sys.stderr,
+            )
+            return 2
         log = write_fixes(reports, directory)
         if not log:
             print("write: nothing to change")
