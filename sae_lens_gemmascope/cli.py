@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import registry
@@ -245,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model key or HF id, e.g. gemma-2-2b or google/gemma-3-1b-pt")
     s.add_argument("--site", help="resid_post, attn_out, mlp_out, embedding, transcoder")
     s.add_argument("--kind", help="sae, transcoder, skip_transcoder, clt, crosscoder")
-    s.add_argument("--layer", type=int)
+    s.add_argument("--layer", type=bounded_int(0, 1023))
     s.add_argument("--width", help="e.g. 16k or 16384")
     s.add_argument("--l0", help="a number, or small/medium/big")
     s.add_argument("--status", choices=["observed", "expected"])
     s.add_argument("--counts", action="store_true", help="count ids per release instead of listing them")
-    s.add_argument("--limit", type=int, default=200)
+    s.add_argument("--limit", type=bounded_int(1, 1_000_000), default=200)
     s.add_argument("--repos", action="store_true", help="list the Hugging Face repos and their releases")
     s.set_defaults(func=cmd_list)
 
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="find artifacts whose names contain every word")
     s.add_argument("text", nargs="+")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=bounded_int(1, 1_000_000), default=50)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("validate", help="check the YAML registry against its schema and rules")
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="top features of a prompt (offline: real Gemma 3 270M + synthetic SAE)")
     s.add_argument("--prompt")
     s.add_argument("--offline", action="store_true", help="never try the hub")
-    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--top-k", type=bounded_int(1, 10_000), default=5)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("check-hub", help="compare the registry with the hub listings")
@@ -298,6 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-dir", default=None)
     s.set_defaults(func=cmd_check_hub)
     return p
+
+
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], else a usage error that says the range.
+
+    >>> bounded_int(1, 10)("3")
+    3
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,10 +44,6 @@ class ModelFacts:
         return self.n_heads * self.d_head
 
     @property
-    def is_instruction_tuned(self) -> bool:
-        return self.variant == "it"
-
-    @property
     def hf_layers_path(self) -> str:
         """Module path of the decoder layers in the Hugging Face model class."""
         return "model.language_model.layers" if self.family == "gemma3_multimodal" else "model.layers"
@@ -74,11 +70,6 @@ def _all() -> dict[str, ModelFacts]:
             chat_prefix_tokens=tuple(m.get("chat_prefix_tokens") or ()),
         )
     return out
-
-
-def all_models() -> dict[str, ModelFacts]:
-    """Every known model, keyed by model key."""
-    return dict(_all())
 
 
 def get_model(name: str) -> ModelFacts:

@@ -1,11 +1,13 @@
 """`gemmascope check-hub`: recorded hub listings replayed against the registry, and `--write`.
 
-The recordings in tests/fixtures/hub/ are made by make_fixtures.py from the registry plus the
-deliberate faults listed there; every fault class must come out as an exact message.
+The recordings in tests/fixtures/hub/ are built by make_fixtures.py from the reference inventories
+(tests/fixtures/reference/, compiled independently of registry/) plus the deliberate faults listed
+there; every fault class must come out as an exact message, and a mutated recording must be reported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ import yaml
 
 from sae_lens_gemmascope._paths import registry_dir
 from sae_lens_gemmascope.maintainers import compile_index as C
+from sae_lens_gemmascope.maintainers import yaml_rt
 from sae_lens_gemmascope.maintainers.hubcheck import (
     LiveHub,
     ReplayHub,
@@ -25,10 +28,14 @@ from sae_lens_gemmascope.maintainers.hubcheck import (
     check_hub,
     cli_check_hub,
     fixture_name,
+    write_recording,
 )
-from sae_lens_gemmascope.maintainers.yamledit import YamlEditError, YamlEditor, check_same
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hub"
+_spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+assert _spec is not None and _spec.loader is not None
+make_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_fixtures)
 NP = "https://www.neuronpedia.org/api/feature"
 
 
@@ -53,6 +60,91 @@ def reg_copy(tmp_path: Path) -> Path:
     d = tmp_path / "registry"
     shutil.copytree(registry_dir(), d)
     return d
+
+
+@pytest.mark.parametrize("repo", sorted(make_fixtures.FAULTS))
+def test_recordings_are_the_inventory_plus_the_listed_faults(repo: str) -> None:
+    """The committed recordings are exactly what make_fixtures.py builds from the inventories."""
+    assert json.loads((FIXTURES / fixture_name(repo)).read_text()) == json.loads(
+        json.dumps(make_fixtures.build(repo))
+    )
+
+
+# registry folders evidenced after the inventories were compiled (see test_registry)
+AFTER_INVENTORY = {
+    "google/gemma-scope-2b-pt-transcoders": {
+        f"layer_{layer}/width_16k/average_l0_{l0}"
+        for layer, l0s in {
+            12: [18, 60, 111, 204, 359, 604],
+            16: [17, 87, 598],
+            17: [20, 60, 112, 272, 481, 797, 1665],
+            19: [19, 32, 53, 89, 194, 562, 882, 1259],
+            20: [19],
+            21: [22, 60, 102, 630, 988, 1411],
+        }.items()
+        for l0 in l0s
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def inventory_replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Recordings of every repo as the reference inventories describe it (no faults)."""
+    d = tmp_path_factory.mktemp("inventory-replay")
+    for repo in make_fixtures.all_repos():
+        write_recording(make_fixtures.inventory_recording(repo), d)
+    return d
+
+
+def test_every_repo_agrees_with_its_inventory_listing(inventory_replay: Path, no_network: None) -> None:
+    """Files, npz sizes and safetensors header shapes of all 19 repos, checked against the registry."""
+    reports = check_hub(None, ReplayHub(inventory_replay), shapes=True)
+    assert len(reports) == 19
+    errors = {r.repo_id: [(f.code, f.path) for f in r.errors] for r in reports if r.errors}
+    assert errors == {repo: sorted(("missing", p) for p in paths) for repo, paths in AFTER_INVENTORY.items()}
+    assert sum(len(r.confirmed) for r in reports) > 0  # 'expected' entries the inventories list
+
+
+@pytest.mark.parametrize(
+    ("mutation", "code"),
+    [
+        ("drop-folder", "missing"),
+        ("drop-file", "missing-file"),
+        ("add-folder", "extra"),
+        ("shape", "shape"),
+        ("drop-tensor", "shape"),
+        ("npz-size", "size"),
+        ("odd-folder", "unparsed"),
+    ],
+)
+def test_a_mutated_recording_is_reported(
+    inventory_replay: Path, tmp_path: Path, mutation: str, code: str, no_network: None
+) -> None:
+    repo = "google/gemma-scope-27b-pt-res" if mutation == "npz-size" else "google/gemma-scope-2-1b-pt"
+    rec = json.loads((inventory_replay / fixture_name(repo)).read_text())
+    files, headers = rec["files"], rec.get("safetensors", {})
+    target = "resid_post/layer_7_width_16k_l0_medium"
+    if mutation == "drop-folder":
+        files = [f for f in files if not f[0].startswith(target + "/")]
+    elif mutation == "drop-file":
+        files = [f for f in files if f[0] != f"{target}/params.safetensors"]
+    elif mutation == "add-folder":
+        files.append(["resid_post/layer_7_width_16k_l0_medium_seed_9/params.safetensors", 1])
+    elif mutation == "shape":
+        headers[f"{target}/params.safetensors"]["w_dec"] = [16384, 1151]
+    elif mutation == "drop-tensor":
+        del headers[f"{target}/params.safetensors"]["threshold"]
+    elif mutation == "npz-size":
+        files = [[p, s // 2 if p == "layer_22/width_131k/average_l0_48/params.npz" else s] for p, s in files]
+    elif mutation == "odd-folder":
+        files.append(["resid_post/layer_7_wide/params.safetensors", 1])
+    rec["files"] = files
+    d = tmp_path / "replay"
+    write_recording(rec, d)
+    before = check_hub([repo], ReplayHub(inventory_replay), shapes=True)[0]
+    after = check_hub([repo], ReplayHub(d), shapes=True)[0]
+    assert not before.errors
+    assert [f.code for f in after.errors] == [code], after.errors
 
 
 def test_clean_repo_is_ok(no_network: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,20 +392,38 @@ def test_write_multilayer_folder_status(reg_copy: Path, no_network: None) -> Non
     ]
 
 
-def test_yamledit_keeps_comments_and_refuses_wrong_results() -> None:
-    text = "fam:\n  # a comment\n  status: expected   # why\n  extra:\n    - a   # first\n\n# tail\n"
-    ed = YamlEditor(text)
-    ed.append_seq_item(("fam", "extra"), "b")
-    ed.set_scalar(("fam", "status"), "observed")
+@pytest.mark.parametrize("name", sorted(p.name for p in registry_dir().glob("*.yaml")))
+def test_every_registry_file_round_trips_byte_for_byte(name: str) -> None:
+    raw = (registry_dir() / name).read_bytes()
+    assert yaml_rt.dump(yaml_rt.load(raw.decode("utf-8"))).encode("utf-8") == raw
+
+
+def test_registry_has_twenty_yaml_files() -> None:
+    assert len(list(registry_dir().glob("*.yaml"))) == 20
+
+
+def test_yaml_rt_keeps_comments_and_refuses_wrong_results() -> None:
+    text = "fam:\n  # a comment\n  status: expected   # why\n  extra:\n    - a   # first\n\n# tail\nnext: 1\n"
+    doc = yaml_rt.load(text)
+    yaml_rt.append_item(doc["fam"]["extra"], "b")
+    yaml_rt.set_value(doc["fam"], "status", "observed")
     assert (
-        ed.text()
-        == "fam:\n  # a comment\n  status: observed   # why\n  extra:\n    - a   # first\n    - b\n\n# tail\n"
+        yaml_rt.dump(doc)
+        == "fam:\n  # a comment\n  status: observed   # why\n  extra:\n    - a   # first\n    - b\n\n# tail\nnext: 1\n"
     )
-    check_same(ed.text(), {"fam": {"status": "observed", "extra": ["a", "b"]}})
-    with pytest.raises(YamlEditError):
-        check_same(ed.text(), {"fam": {"status": "expected", "extra": ["a", "b"]}})
-    with pytest.raises(YamlEditError, match="fam/nope not found"):
-        ed.set_scalar(("fam", "nope"), 1)
+    yaml_rt.add_key(doc["fam"], "status_exceptions", yaml_rt.block_map({"layer_1": "expected"}))
+    yaml_rt.add_key(doc["fam"]["status_exceptions"], "layer_2", "observed", comment="seen", indent=4)
+    yaml_rt.delete_key(doc["fam"]["status_exceptions"], "layer_1")
+    assert yaml_rt.dump(doc).endswith(
+        "    - b\n  status_exceptions:\n    layer_2: observed   # seen\n\n# tail\nnext: 1\n"
+    )
+    yaml_rt.check_same(yaml_rt.dump(doc), doc)
+    yaml_rt.delete_key(
+        doc["fam"], "status_exceptions", tail=yaml_rt.delete_key(doc["fam"]["status_exceptions"], "layer_2")
+    )
+    assert yaml_rt.dump(doc).endswith("    - b\n\n# tail\nnext: 1\n")
+    with pytest.raises(yaml_rt.YamlEditError):
+        yaml_rt.check_same(yaml_rt.dump(doc), {**doc, "next": 2})
 
 
 def _hub_reachable() -> bool:

@@ -72,17 +72,22 @@ def test_shape_mismatch_names_both(hf_cache, no_network):
         load(*GS2)
 
 
-def test_nan_refused(hf_cache, no_network):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_weights_refused(hf_cache, no_network, bad):
+    """One non-finite value in a GS1 decoder or a GS2 threshold is refused; the same file without it loads."""
     e = registry.get(*GS1)
     p = jumprelu_params(e.d_in, 8)
-    p["w_dec"][3, 5] = np.nan
+    put_file(hf_cache, e.repo_id, f"{e.path}/params.npz", npz_bytes(p))
+    load(*GS1, check_shapes=False)  # control: the clean file loads
+    p["w_dec"][3, 5] = bad
     put_file(hf_cache, e.repo_id, f"{e.path}/params.npz", npz_bytes(p))
     with pytest.raises(CorruptArtifactError, match="NaN or inf"):
         load(*GS1, check_shapes=False, verify="full")
-    p["w_dec"][3, 5] = np.inf
     e2 = registry.get(*GS2)
     p2 = jumprelu_params(e2.d_in, 8)
-    p2["threshold"][0] = np.inf
+    put_file(hf_cache, e2.repo_id, f"{e2.path}/params.safetensors", safetensors_bytes(p2))
+    load(*GS2, check_shapes=False)
+    p2["threshold"][0] = bad
     put_file(hf_cache, e2.repo_id, f"{e2.path}/params.safetensors", safetensors_bytes(p2))
     with pytest.raises(CorruptArtifactError, match="threshold"):
         load(*GS2, check_shapes=False)

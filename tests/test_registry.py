@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import math
 import subprocess
@@ -18,6 +20,28 @@ from sae_lens_gemmascope.errors import UnknownReleaseError, UnknownSaeIdError
 from sae_lens_gemmascope.maintainers import compile_index as _compile
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# byte-exact gzip copies of REFERENCE's inventories (source and date in fixtures/reference/README.md)
+REFERENCE_COPY = Path(__file__).resolve().parent / "fixtures" / "reference"
+REFERENCE_SHA256 = {
+    "gs1-inventory.json": "6cb31d657b2e13f25648e1660eb100f608f5a03d5b7340b65fe74392bdb39cb3",
+    "gs2-inventory.json": "a42320dbb534b599b1f8ede7e8384199b9aed2242b650c119b3652ca2914fc36",
+}
+
+
+def _reference_bytes(name: str) -> bytes:
+    return gzip.decompress((REFERENCE_COPY / f"{name}.gz").read_bytes())
+
+
+def _reference(name: str) -> dict:
+    return json.loads(_reference_bytes(name))
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SHA256))
+def test_reference_copies_are_exact(name: str) -> None:
+    data = _reference_bytes(name)
+    assert hashlib.sha256(data).hexdigest() == REFERENCE_SHA256[name]
+    if (REFERENCE / name).exists():  # next to the shared reference: the copy is still current
+        assert data == (REFERENCE / name).read_bytes()
 
 
 def _saelens_yaml() -> dict:
@@ -78,11 +102,8 @@ def test_counts_per_repo() -> None:
     assert dict(per_repo) == expected
 
 
-@pytest.mark.skipif(
-    not (REFERENCE / "gs1-inventory.json").exists(), reason="reference inventories not present"
-)
 def test_every_reference_folder_is_enumerated() -> None:
-    gs1 = json.loads((REFERENCE / "gs1-inventory.json").read_text())["inventory"]
+    gs1 = _reference("gs1-inventory.json")["inventory"]
     want = set()
     for repo, layers in gs1.items():
         for lk, widths in layers.items():
@@ -93,7 +114,7 @@ def test_every_reference_folder_is_enumerated() -> None:
                     continue
                 for l0 in l0s:
                     want.add((f"google/{repo}", f"{lk}/{wk}/average_l0_{l0}"))
-    gs2 = json.loads((REFERENCE / "gs2-inventory.json").read_text())["repos"]
+    gs2 = _reference("gs2-inventory.json")["repos"]
     for repo, r in gs2.items():
         for fam, f in r["families"].items():
             if isinstance(f, dict):

@@ -16,9 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .._paths import INDEX_DIR, registry_dir
+from . import strict_yaml
 
 INDEX_VERSION = 1
 
@@ -56,23 +55,22 @@ def canonical_l0(values: list[int]) -> int:
     return min(values, key=lambda v: (abs(v - 100), -v))
 
 
-def _split_layer_width(key: str) -> tuple[str, str]:
-    layer, width = key.split("/")
-    return layer, width
-
-
 def load_yaml_docs(directory: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Read ``models.yaml`` and every repo file. Returns (models, {file name: document})."""
+    """Read ``models.yaml`` and every repo file. Returns (models, {file name: document}).
+
+    Files are read strictly (:mod:`.strict_yaml`): duplicate keys, anchors, aliases, control
+    characters, non-UTF-8 bytes and oversized files raise a ``RegistryValidationError`` that names
+    the file and line.
+    """
     d = directory or registry_dir()
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(d / "models.yaml", encoding="utf-8") as fh:
-        models = yaml.load(fh, Loader=loader)
+    paths = sorted(d.glob("*.yaml"))
+    strict_yaml.check_total_size(paths)
+    budget = strict_yaml.NodeBudget()
+    models = strict_yaml.load_file(d / "models.yaml", budget)
     docs: dict[str, dict[str, Any]] = {}
-    for path in sorted(d.glob("*.yaml")):
-        if path.name == "models.yaml":
-            continue
-        with open(path, encoding="utf-8") as fh:
-            docs[path.name] = yaml.load(fh, Loader=loader)
+    for path in paths:
+        if path.name != "models.yaml":
+            docs[path.name] = strict_yaml.load_file(path, budget)
     return models, docs
 
 
@@ -365,12 +363,6 @@ def pack_shard(entries: list[dict[str, Any]]) -> dict[str, Any]:
     columns.insert(0, "sae_id")
     rows = [[e.get(c) for c in columns] for e in entries]
     return {"common": common, "columns": columns, "rows": rows}
-
-
-def unpack_shard(shard: dict[str, Any]) -> list[dict[str, Any]]:
-    """Inverse of :func:`pack_shard`."""
-    cols = shard["columns"]
-    return [{**shard["common"], **dict(zip(cols, row, strict=True))} for row in shard["rows"]]
 
 
 def compile_index(out_dir: Path | None = None, directory: Path | None = None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._paths import registry_dir
 from . import compile_index as C
+from .strict_yaml import RegistryFileError
 
 # Documented Gemma Scope 2 L0 targets (gemma-scope-2.md §3): (lo, hi) per label.
 GS2_L0_TARGETS: dict[str, dict[str, list[int]]] = {
@@ -27,6 +28,8 @@ GS2_L0_TARGETS: dict[str, dict[str, list[int]]] = {
     "subset": {"small": [10, 20], "medium": [30, 60], "big": [60, 150]},
 }
 MULTILAYER_L0 = {"medium": 50, "big": 150}
+MAX_ENTRIES_PER_FILE = 10_000  # the largest file today enumerates about 1,450
+MAX_ENTRIES = 40_000  # the whole registry today: about 12,500
 
 RULES: dict[str, str] = {
     "schema": "the file matches registry/schema.json (no unknown keys, right types)",
@@ -39,6 +42,9 @@ RULES: dict[str, str] = {
     "canonical": "each canonical alias is the L0 closest to 100",
     "references": "exceptions, ties, sweeps and extra folders name things that exist",
     "model": "the repo's model and saelens_model agree with models.yaml",
+    "size": f"a file enumerates at most {10_000:,} artifacts and the registry {40_000:,} (validation time is bounded)",
+    "yaml": "each file is plain UTF-8 YAML within the size limits: no duplicate keys, anchors, aliases, "
+    "control characters or non-finite numbers",
 }
 
 _CLEAN_PATH = re.compile(r"^(?!/)(?!.*\.\.)[A-Za-z0-9_./-]+$")
@@ -59,7 +65,8 @@ class Violation:
 
 def _schema() -> dict[str, Any]:
     with open(registry_dir() / "schema.json", encoding="utf-8") as fh:
-        return json.load(fh)
+        schema: dict[str, Any] = json.load(fh)
+    return schema
 
 
 def _schema_violations(fname: str, doc: Any, schema: dict[str, Any], ref: str) -> list[Violation]:
@@ -166,9 +173,8 @@ def _check_entry(fname: str, where: str, e: dict[str, Any], model: dict[str, Any
             )
         if e["kind"] == "crosscoder":
             want_layers = list(model.get("subset_layers") or [])
-            name_layers = [
-                int(x) for x in re.match(r"layer_([\d_]+?)_width", e["sae_id"]).group(1).split("_")
-            ]  # type: ignore[union-attr]
+            m = re.match(r"layer_([\d_]+?)_width", e["sae_id"])
+            name_layers = [int(x) for x in m.group(1).split("_")] if m else []
             if e["layers"] != want_layers or name_layers != want_layers:
                 v.append(
                     Violation(
@@ -300,16 +306,68 @@ def _check_doc_refs(
     return v
 
 
+def entry_count(doc: dict[str, Any], models: dict[str, Any]) -> int:
+    """How many entries a schema-valid file enumerates, counted without enumerating them.
+
+    >>> entry_count({"generation": 1, "folders": {"layer_0": {"width_16k": [10, 20]}}}, {})
+    2
+    """
+    if doc["generation"] == 1:
+        return sum(len(l0s) for ws in doc["folders"].values() for l0s in ws.values())
+    m = models.get(doc["model"]) or {}
+    n = 0
+    for f in doc["families"].values():
+        if f["kind"] in ("clt", "crosscoder"):
+            n += len(f["folders"])
+            continue
+        layers = int(m.get("n_layers", 0)) if f["layers"] == "all" else len(m.get("subset_layers") or [])
+        n += layers * len(f["widths"]) * len(f["l0_targets"]) * len(f.get("affine") or [False])
+        n += len(f.get("extra_folders") or [])
+    return n
+
+
+def _size_violations(models: dict[str, Any], docs: dict[str, dict[str, Any]]) -> list[Violation]:
+    out, total = [], 0
+    for fname, doc in docs.items():
+        try:
+            n = entry_count(doc, models)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            continue  # malformed: the schema check names the problem
+        total += n
+        if n > MAX_ENTRIES_PER_FILE:
+            out.append(
+                Violation(
+                    fname,
+                    "(file)",
+                    "size",
+                    f"enumerates {n} artifacts, over the limit of {MAX_ENTRIES_PER_FILE}. "
+                    "Check the folder lists and grids for runaway values",
+                )
+            )
+    if total > MAX_ENTRIES and not out:
+        out.append(
+            Violation(
+                "registry",
+                "(all files)",
+                "size",
+                f"enumerates {total} artifacts, over the limit of {MAX_ENTRIES}. Remove the files that do not belong",
+            )
+        )
+    return out
+
+
 def validate(directory: Path | str | None = None) -> list[Violation]:
     """Validate every file of the registry directory (default: the shipped one)."""
     d = Path(directory) if directory is not None else registry_dir()
     schema = _schema()
     try:
         models, docs = C.load_yaml_docs(d)
-    except Exception as exc:  # YAML syntax errors
-        return [
-            Violation(getattr(exc, "filename", None) or str(d), "(file)", "schema", f"cannot parse: {exc}")
-        ]
+    except RegistryFileError as err:  # the first file that is not plain YAML (see strict_yaml)
+        where = f"line {err.line}" if err.line else "(file)"
+        return [Violation(Path(err.file).name, where, "yaml", str(err))]
+    out = _size_violations(models, docs)  # before the schema: its cost grows with the file
+    if out:
+        return out
     out = _schema_violations("models.yaml", models, schema, "models_file")
     ok_docs: dict[str, dict[str, Any]] = {}
     for fname, doc in docs.items():

@@ -1,7 +1,7 @@
 """Reference solutions of the Gemma Scope 2 exercises (see ``exercises.py`` for the tasks).
 
 Written plainly with torch and the SAELens ``encode`` / ``decode`` methods; none of the package's
-``attach`` / ``multilayer`` helpers is used for the thing being taught. ``checks.py`` runs your
+``attach`` / ``multilayer`` helpers is used for the thing being taught. ``checks/`` runs your
 functions and these on the same real inputs and explains the first difference.
 """
 
