@@ -22,11 +22,13 @@ from . import registry
 from .plugin import register, register_when_sae_lens_is_imported
 
 if TYPE_CHECKING:
+    from .evidence.examples import load_examples
     from .loading import load, load_with_cfg_and_sparsity
 
 __all__ = [
     "load",
     "load_with_cfg_and_sparsity",
+    "load_examples",
     "registry",
     "register",
     "CrossLayerTranscoder",
@@ -39,6 +41,7 @@ _LAZY = {
     "load_with_cfg_and_sparsity": ".loading",
     "CrossLayerTranscoder": ".multilayer",
     "Crosscoder": ".multilayer",
+    "load_examples": ".evidence.examples",
 }
 
 

@@ -89,6 +89,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("canonical", "yes" if e.canonical else "no"),
         ("affine skip", "yes" if e.affine else "no"),
         ("evidence", e.status),
+        (
+            "examples",
+            e.examples
+            + (f" (about {_fmt_bytes(e.examples_bytes)})" if e.examples_bytes else "")
+            + ("" if e.examples == "absent" else "  [gemmascope explain / dashboard]"),
+        ),
         ("size (fp32)", _fmt_bytes(e.size_bytes())),
     ]
     if not e.is_multilayer and e.layer is not None or e.site == "embedding":
@@ -281,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force-download", action="store_true")
     s.add_argument("--cache-dir")
     s.add_argument("--dry-run", action="store_true", help="print what would be fetched and its size")
+    s.add_argument(
+        "--examples", action="store_true", help="also fetch examples.safetensors (for explain / dashboard)"
+    )
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("demo", help="top features of a prompt (offline: real Gemma 3 270M + synthetic SAE)")
