@@ -144,9 +144,11 @@
     sec.textContent = "";
     status("loading feature " + f + "\u2026");
     var shard = Math.floor(f / meta.shard);
-    return load("shard", shard, "data/f/" + shard + ".js").then(function (data) {
+    var absent = "Feature " + f + " is not in this dashboard (" + meta.n_features + " of " + meta.d_sae + " features were built).";
+    if (f >= meta.d_sae) return Promise.reject(new Error("Feature " + f + " does not exist: this SAE has features 0 to " + (meta.d_sae - 1) + "."));
+    return load("shard", shard, "data/f/" + shard + ".js").catch(function () { return { features: {} }; }).then(function (data) {
       var rec = data.features[String(f)];
-      if (!rec) throw new Error("Feature " + f + " is not in this dashboard (" + meta.n_features + " of " + meta.d_sae + " features were built).");
+      if (!rec) throw new Error(absent);
       var tok = data.tok;
       document.title = "Feature " + f + " \u00b7 " + meta.title;
       sec.appendChild(el("h2", { id: "feature-title", text: "Feature " + f }));
