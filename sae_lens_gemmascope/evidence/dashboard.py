@@ -181,7 +181,7 @@ def feature_record(
     known: dict[tuple[int, int], float] = {}
     if shown.size:  # activations the file records inside the shown windows (other examples)
         near = ok[np.isin(seq[ok], np.unique(seq[shown]))]
-        known = {(int(seq[k]), int(pos[k])): float(acts[k]) for k in near}
+        known = {(int(seq[k]), int(pos[k])): float(acts[k]) for k in near[::-1]}  # the largest wins
     before, after = window
     exs = []
     for k in shown:
