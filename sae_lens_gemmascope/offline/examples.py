@@ -82,7 +82,7 @@ def corpus_examples(
     u_all = torch.as_tensor(np.asarray(unembed, dtype=np.float32))
     u = u_all[vocab]  # (V', d)
     nl = min(n_logits, int(vocab.numel()))
-    out = {
+    out: dict[str, np.ndarray] = {
         "activations": np.zeros((d_sae, k), np.float32),
         "seq_ids": np.full((d_sae, k), -1, np.int64),
         "positions": np.full((d_sae, k), -1, np.int32),
