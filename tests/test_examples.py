@@ -278,3 +278,39 @@ def test_download_examples_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert "examples.safetensors" in capsys.readouterr().out
     assert main(["download", *ABSENT, "--dry-run", "--examples"]) == 0
     assert "examples.safetensors" not in capsys.readouterr().out
+
+
+def test_top_reads_only_that_features_rows(hf_cache: Path, narrow: dict[str, np.ndarray]) -> None:
+    """Every read goes through ``get_slice``: one row per per-feature key, the example rows of ``tokens``."""
+    from sae_lens_gemmascope import load_examples
+    from sae_lens_gemmascope.evidence.vocab import Vocab
+
+    write(hf_cache, NARROW, narrow)
+    ex = load_examples(*NARROW, check_shapes=False, tokenizer=Vocab([]))
+    reads: list[tuple[str, Any]] = []
+    real = ex._f
+
+    class Spy:
+        def __init__(self, key: str) -> None:
+            self.key, self.sl = key, real.get_slice(key)
+
+        def __getitem__(self, item: Any) -> Any:
+            reads.append((self.key, item))
+            return self.sl[item]
+
+    class File:
+        def get_slice(self, key: str) -> Spy:
+            return Spy(key)
+
+        def get_tensor(self, key: str) -> Any:  # a whole-tensor read would land here
+            raise AssertionError(f"read all of {key}")
+
+    ex._f = File()
+    got = ex.top(1, n=3)
+    ex._f = real
+    per_feature = {k for k, _ in reads if k != "tokens"}
+    assert per_feature == {"activations", "seq_ids", "positions", "logit_effects"}
+    assert all(item == slice(1, 2) for k, item in reads if k != "tokens")
+    rows = sorted({e.seq_id for e in got})
+    assert sorted(r for k, item in reads if k == "tokens" for r in range(item.start, item.stop)) == rows
+    ex.close()
