@@ -196,13 +196,13 @@ def feature_record(
 
 
 def _search_tokens(rec: dict[str, Any], vocab: Any) -> str:
-    seen: list[str] = []
-    for ex in rec["ex"]:
-        seen.append(vocab.piece(ex[4][ex[3]]))
-    seen += [vocab.piece(t) for t, _ in rec["top"][:3]]
+    """The tokens a feature is found by: its most frequent active tokens, then its top logit tokens."""
+    from collections import Counter
+
+    active = Counter(vocab.piece(ex[4][ex[3]]).strip() for ex in rec["ex"])
+    seen = [t for t, _ in active.most_common()] + [vocab.piece(t).strip() for t, _ in rec["top"][:3]]
     out: list[str] = []
     for t in seen:
-        t = t.strip()
         if t and t not in out:
             out.append(t)
         if len(out) >= SEARCH_TOKENS:
