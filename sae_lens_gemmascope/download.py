@@ -47,7 +47,7 @@ def _files(entry: Entry, include_examples: bool) -> list[str]:
         files = [f"params_layer_{i}.safetensors" for i in range(len(entry.layers))] + ["config.json"]
     else:
         files = list(entry.files)
-    if include_examples and entry.generation == 2 and not entry.is_multilayer:
+    if include_examples and entry.generation == 2 and not entry.is_multilayer and entry.examples != "absent":
         files.append("examples.safetensors")
     return files
 
@@ -113,10 +113,11 @@ def cli_download(args: Any) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     total = sum(e.size_bytes() for e in entries)
+    with_examples = bool(getattr(args, "examples", False))  # --examples: also examples.safetensors
     if args.dry_run:
         print(f"would download {len(entries)} artifact(s), {total / 1e9:.2f} GB: {args.release}")
         for e in entries[:50]:
-            print(f"  {e.sae_id}  {' '.join(f for f in _files(e, False) if f != 'config.json')}")
+            print(f"  {e.sae_id}  {' '.join(f for f in _files(e, with_examples) if f != 'config.json')}")
         if len(entries) > 50:
             print(f"  ... and {len(entries) - 50} more")
         return 0
@@ -131,6 +132,7 @@ def cli_download(args: Any) -> int:
             revision=args.revision,
             force_download=bool(args.force_download),
             cache_dir=args.cache_dir,
+            include_examples=with_examples,
         )
     except Exception as exc:  # network/hub failures: one line, non-zero exit
         print(f"error: {exc}", file=sys.stderr)

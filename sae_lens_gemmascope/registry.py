@@ -25,6 +25,7 @@ from .errors import UnknownReleaseError, UnknownSaeIdError, close_matches
 
 Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
 Status = Literal["observed", "expected"]
+ExamplesStatus = Literal["observed", "expected", "absent", "unknown"]
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org"
 
@@ -66,6 +67,10 @@ class Entry:
     files: tuple[str, ...]
     alias_of: tuple[str, str] | None = None
     d_sae_per_layer: int | None = None
+    #: does the folder ship ``examples.safetensors``? observed / expected / absent / unknown (registry evidence)
+    examples: ExamplesStatus = "unknown"
+    #: its estimated size where a source gives the corpus shape, else None
+    examples_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod

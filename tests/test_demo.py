@@ -34,7 +34,12 @@ def test_offline_demo(
     # the file is in the real GS2 layout, and the printed top feature matches a float64 recomputation
     e = get(DEFAULT_RELEASE, DEFAULT_SAE_ID)
     snap = next((tmp_path / "syn").glob(f"*/models--google--gemma-scope-2-270m-pt/snapshots/*/{e.path}"))
-    assert sorted(p.name for p in snap.iterdir()) == ["config.json", "params.safetensors"]
+    assert sorted(p.name for p in snap.iterdir()) == [
+        "config.json",
+        "examples.safetensors",
+        "params.safetensors",
+    ]
+    assert "What the strongest features fire on" in out and "[[" in out and "index.html#" in out
     p = {k: v.double() for k, v in load_file(str(snap / "params.safetensors")).items()}
     assert p["w_enc"].shape == (640, 16384)
     hf, tok = realmodel.load_hf()

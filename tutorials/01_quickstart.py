@@ -19,7 +19,8 @@
 # 1. find an SAE in the registry (Python and the `gemmascope` CLI),
 # 2. load it as a SAELens object,
 # 3. encode and decode real activations of Gemma 3 270M,
-# 4. list the top features of each token of a prompt, with their Neuronpedia pages.
+# 4. list the top features of each token of a prompt, with their Neuronpedia pages,
+# 5. see what those features fire on (`gemmascope explain`) and browse them in an offline dashboard.
 #
 # **One switch.** `ONLINE = None` uses the Hugging Face hub when it answers: the real
 # `google/gemma-3-270m` (gated: accept its licence and set `HF_TOKEN`) and the real Gemma Scope 2
@@ -123,6 +124,48 @@ for i in top:
     print(f"  #{i:<6} {e.feature_url(i)}")
 if not sb.online:
     print("(offline: synthetic weights, so these indices do not mean what their Neuronpedia pages show)")
+
+# %% [markdown]
+# ## What do these features fire on?
+#
+# Many Gemma Scope 2 folders ship `examples.safetensors` next to the weights: per feature its top
+# activating contexts, its top and bottom logit tokens and its frequency (fetch it with
+# `gemmascope download RELEASE SAE_ID --examples`). `gemmascope explain` prints them, the active token
+# in `[[ ]]` (in colour on a terminal). Offline, the sandbox writes the same file computed by running
+# the real Gemma 3 270M over its built-in corpus, so the contexts are real text, but the features are
+# the **synthetic** SAE's.
+
+# %%
+where = [] if sb.online else ["--cache-dir", str(sb.cache_dir), "--no-check-shapes"]
+if not sb.online:
+    sb.examples(RELEASE, SAE_ID)  # writes the sandbox's examples file (once)
+gemmascope(["explain", RELEASE, SAE_ID, *map(str, top[:2]), "-n", "4", *where])
+
+# %% [markdown]
+# The same evidence in Python, as typed records (`sae_lens_gemmascope.load_examples(release, sae_id)`
+# online; the sandbox hands back the same object offline):
+
+# %%
+ex = sb.examples(RELEASE, SAE_ID)
+for rec in ex.top(top[0], n=3, window=(8, 2)):
+    print(f"{rec.activation:7.2f}  row {rec.seq_id:>4} pos {rec.position:>2}  {rec.marked()!r}")
+print("frequency", ex.frequency(top[0]), "| top logit tokens", [t.token for t in ex.logits(top[0]).top[:5]])
+
+# %% [markdown]
+# ## An offline feature dashboard
+#
+# `gemmascope dashboard RELEASE SAE_ID --out DIR` writes a static site (no server, no network):
+# `DIR/index.html` searches features by id or token text, and `DIR/index.html#<feature>` opens one
+# feature with its contexts highlighted by activation, a histogram, its logit tokens and its
+# Neuronpedia link. Open it from disk, or serve it with `python -m http.server -d DIR`.
+
+# %%
+import tempfile
+from pathlib import Path
+
+site = Path(tempfile.gettempdir()) / "gemmascope-quickstart-dashboard"
+gemmascope(["dashboard", RELEASE, SAE_ID, "--out", str(site), "--features", ",".join(map(str, top)), *where])
+print(f"open {(site / 'index.html').as_uri()}#{top[0]}")
 
 # %% [markdown]
 # ## Feature activations over the tokens

@@ -55,6 +55,27 @@ def canonical_l0(values: list[int]) -> int:
     return min(values, key=lambda v: (abs(v - 100), -v))
 
 
+#: Bytes per feature of an ``examples.safetensors``: K = 1000 examples x (f32 activation, i64 seq id,
+#: i32 position, f32 logit effect) + T = 10 x (i32 + f32) top and 10 bottom logit tokens + one f64
+#: frequency (gemma-scope-2.md §2.3). Plus 4 bytes per corpus token. For a 4b 16k SAE with a
+#: 236963 x 512 corpus this gives 815.8 MB, the 816 MB a third-party note reports.
+EXAMPLES_BYTES_PER_FEATURE = 1000 * (4 + 8 + 4 + 4) + 2 * 10 * (4 + 4) + 8
+
+
+def examples_facts(spec: dict[str, Any] | None, d_sae: int, generation: int) -> dict[str, Any]:
+    """``examples`` (observed / expected / absent / unknown) and ``examples_bytes`` (an estimate where the
+    corpus shape is known, else None) of one folder, from its family's ``examples`` field."""
+    if generation == 1:  # Gemma Scope 1 folders hold params.npz only
+        return {"examples": "absent", "examples_bytes": None}
+    if not spec:
+        return {"examples": "unknown", "examples_bytes": None}
+    corpus = spec.get("corpus")
+    size = None
+    if corpus:
+        size = d_sae * EXAMPLES_BYTES_PER_FEATURE + int(corpus[0]) * int(corpus[1]) * 4
+    return {"examples": spec["status"], "examples_bytes": size}
+
+
 def load_yaml_docs(directory: Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Read ``models.yaml`` and every repo file. Returns (models, {file name: document}).
 
@@ -155,6 +176,7 @@ def expand_gs1(doc: dict[str, Any], models: dict[str, Any]) -> list[dict[str, An
                     "status": status_exc.get(lw, status_exc.get(path, doc["status"])),
                     "files": ["params.npz"],
                     "alias_of": None,
+                    **examples_facts(None, d_sae, 1),
                 }
                 out.append(e)
                 if is_canon:
@@ -238,6 +260,7 @@ def expand_gs2(doc: dict[str, Any], models: dict[str, Any]) -> list[dict[str, An
                     "status": exc.get(name, f["status"]),
                     "files": files,
                     "alias_of": None,
+                    **examples_facts(f.get("examples"), WIDTH_TOKENS[wtok], 2),
                 }
             )
     return out
@@ -280,6 +303,7 @@ def _expand_multilayer(
                 "status": fd["status"],
                 "files": ["config.json"] + [f"params_layer_{i}.safetensors" for i in range(len(layers))],
                 "alias_of": None,
+                **examples_facts(f.get("examples"), int(fd["width"]), 2),
             }
         )
     return out

@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import registry
@@ -374,6 +375,65 @@ class Sandbox:
                 strict_shapes=False,
                 **kwargs,
             )
+
+    def examples(self, release: str, sae_id: str) -> Any:
+        """The :class:`~sae_lens_gemmascope.evidence.examples.Examples` of a single-layer SAE: online the
+        official ``examples.safetensors``; offline one in the same format, computed from the real 270M's
+        activations on the built-in corpus with the synthetic SAE (:mod:`.examples`)."""
+        from ..evidence.examples import load_examples
+
+        if self.online:
+            return load_examples(release, sae_id)
+        entry = self.entry(release, sae_id)
+        self._ensure_written(entry)
+        self._ensure_examples(entry)
+        from .guards import offline_hub
+
+        with offline_hub():
+            return load_examples(
+                entry.release,
+                entry.sae_id,
+                cache_dir=str(self.cache_dir),
+                local_files_only=True,
+                check_shapes=self.shrink == 1,
+            )
+
+    def _ensure_examples(self, entry: Entry) -> None:
+        from safetensors.numpy import load_file
+
+        from ..hub import cached_file
+        from .examples import corpus_examples
+        from .synthetic import write_examples
+
+        key = f"{entry.repo_id}/{entry.path}#examples"
+        want = {"fit": FIT_VERSION, "width": self.width(entry), "seed": self.seed}
+        if self._manifest().get(key) == want and cached_file(
+            entry, "examples.safetensors", cache_dir=self.cache_dir
+        ):
+            return
+        hf, tok = self.hf(entry.model)
+        wins = corpus_windows(tok)
+        tokens = torch.zeros((len(wins), max(w.shape[1] for w in wins)), dtype=torch.long)
+        row_seq, row_pos = [], []
+        for s, w in enumerate(wins):  # the row order of corpus_activations: window by window, BOS dropped
+            tokens[s, : w.shape[1]] = w[0]
+            row_seq += [s] * (w.shape[1] - 1)
+            row_pos += list(range(1, w.shape[1]))
+        x = self.activations(entry.model, entry.hook_site_in, entry.layer)
+        params_path = cached_file(entry, "params.safetensors", cache_dir=self.cache_dir)
+        assert params_path is not None
+        tensors = corpus_examples(
+            x.numpy(),
+            np.asarray(row_seq),
+            np.asarray(row_pos),
+            tokens.numpy(),
+            load_file(str(params_path)),
+            hf.get_output_embeddings().weight.detach().numpy(),
+        )
+        write_examples(entry, self.cache_dir, tensors)
+        man = self._manifest()
+        man[key] = want
+        (self.cache_dir / _MANIFEST).write_text(json.dumps(man, indent=1, sort_keys=True))
 
     # ----------------------------------------------------------------------------- synthetic files
 

@@ -212,3 +212,16 @@ def write_entry(
         )
     )
     return written
+
+
+def write_examples(
+    entry: Entry,
+    cache_dir: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    commit: str = DEFAULT_COMMIT,
+) -> Path:
+    """Store ``tensors`` as the entry's ``examples.safetensors`` (keys and dtypes as given: see
+    :mod:`sae_lens_gemmascope.evidence.examples` for the official set)."""
+    return put_file(
+        cache_dir, entry.repo_id, f"{entry.path}/examples.safetensors", safetensors_bytes(tensors), commit
+    )
