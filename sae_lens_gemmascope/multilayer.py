@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._args import check_index, check_load_args
 from .errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
 from .registry import Entry
 
@@ -319,13 +320,7 @@ class MultiLayerModule(nn.Module):
         raise NotImplementedError
 
     def _check_block(self, block: int) -> int:
-        b = int(block)
-        if not 0 <= b < self.n_blocks:
-            hint = ""
-            if b in self.layers:
-                hint = f" Model layer {b} is block {self.layers.index(b)}: blocks are positions in layers={self.layers}."
-            raise IndexError(f"{type(self).__name__} has blocks 0..{self.n_blocks - 1}; got {block}.{hint}")
-        return b
+        return check_index(block, self.n_blocks, what="block", owner=type(self).__name__, layers=self.layers)
 
     def global_latent_id(self, block: int, index: int) -> int:
         """Global latent id of latent ``index`` of ``block`` (block offset + index)."""
@@ -737,6 +732,7 @@ class MultiLayerModule(nn.Module):
         the number of blocks, the target axis and every other file against it): for shrunken synthetic
         files written by :func:`sae_lens_gemmascope.offline.synthetic.write_entry`.
         """
+        check_load_args(device, dtype)
         from . import registry
 
         entry = registry.get(release, sae_id)
