@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from .errors import GemmaScopeError, HookMappingError
+from .errors import FeaturesNotRecordedError, GemmaScopeError, HookMappingError
 from .hooks import GAIN_SITES, HOOK_TABLES, SiteRow, ensure_mlp_hook_in, hook_for, site_of_hook
 from .models import ModelFacts, get_model
 
@@ -186,8 +186,15 @@ def _facts_or_none(name: str | None) -> ModelFacts | None:
         return None
 
 
+def _generation(family: str) -> str:
+    return "Gemma 2" if family == "gemma2" else "Gemma 3"
+
+
 def check_model_match(model: Any, sae_model: str | None) -> None:
     """Warn (:class:`ModelMismatchWarning`) when ``model`` is not the variant the SAE was trained on.
+
+    A Gemma 2 SAE on a Gemma 3 model (or the reverse) raises :class:`HookMappingError`, even when
+    the widths agree.
 
     ``sae_model`` is the SAE's model (``sae.cfg.metadata.model_name`` or ``entry.model``). A PT SAE
     on an IT model (or the reverse) still runs, but its features mean less; another size fails on
@@ -196,6 +203,13 @@ def check_model_match(model: Any, sae_model: str | None) -> None:
     want, have = _facts_or_none(sae_model), _facts_or_none(_running_model_name(model))
     if want is None or have is None:
         return
+    if _generation(want.family) != _generation(have.family):
+        raise HookMappingError(
+            f"This SAE was trained on {want.key} ({_generation(want.family)}) but the model is {have.key} "
+            f"({_generation(have.family)}). The hook names and even the widths can match, but the "
+            f"activations mean something else, so its features would be noise. Load {want.hf_id} "
+            f"(or use a Gemma Scope release made for {have.key}: `gemmascope list --model {have.key}`)."
+        )
     if want.variant != have.variant:
         warnings.warn(
             f"This SAE was trained on {want.key} ({want.variant.upper()}) but the model is {have.key} "
@@ -466,7 +480,10 @@ class FeatureCache(dict):
     @property
     def features(self) -> torch.Tensor:
         if not self:
-            raise KeyError("No forward pass has run inside the context yet.")
+            raise FeaturesNotRecordedError(
+                "No forward pass has run inside the context yet: run the model (e.g. model(tokens)) "
+                "inside the `with` block, then read the features."
+            )
         return next(iter(self.values()))
 
 

@@ -19,6 +19,17 @@ from . import registry
 from .errors import GemmaScopeError
 
 
+def _nonneg_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (limits, layers, top-k)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -245,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model key or HF id, e.g. gemma-2-2b or google/gemma-3-1b-pt")
     s.add_argument("--site", help="resid_post, attn_out, mlp_out, embedding, transcoder")
     s.add_argument("--kind", help="sae, transcoder, skip_transcoder, clt, crosscoder")
-    s.add_argument("--layer", type=int)
+    s.add_argument("--layer", type=_nonneg_int)
     s.add_argument("--width", help="e.g. 16k or 16384")
     s.add_argument("--l0", help="a number, or small/medium/big")
     s.add_argument("--status", choices=["observed", "expected"])
     s.add_argument("--counts", action="store_true", help="count ids per release instead of listing them")
-    s.add_argument("--limit", type=int, default=200)
+    s.add_argument("--limit", type=_nonneg_int, default=200)
     s.add_argument("--repos", action="store_true", help="list the Hugging Face repos and their releases")
     s.set_defaults(func=cmd_list)
 
@@ -261,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="find artifacts whose names contain every word")
     s.add_argument("text", nargs="+")
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=_nonneg_int, default=50)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("validate", help="check the YAML registry against its schema and rules")
@@ -286,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="top features of a prompt (offline: real Gemma 3 270M + synthetic SAE)")
     s.add_argument("--prompt")
     s.add_argument("--offline", action="store_true", help="never try the hub")
-    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--top-k", type=_nonneg_int, default=5)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("check-hub", help="compare the registry with the hub listings")

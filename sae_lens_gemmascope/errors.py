@@ -77,6 +77,10 @@ class HubRequestError(GemmaScopeError, OSError):
     """The hub answered with an error (5xx, 4xx other than 'no such file') while downloading."""
 
 
+class RemoteFileNotFoundError(GemmaScopeError, FileNotFoundError):
+    """The hub answered that the file does not exist (HTTP 404 for that path)."""
+
+
 class DownloadIncompleteError(GemmaScopeError, OSError):
     """``gemmascope download`` / :func:`sae_lens_gemmascope.download.download` left files missing."""
 

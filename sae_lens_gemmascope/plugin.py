@@ -112,7 +112,7 @@ def _neuronpedia_owners() -> dict[str, tuple[str, str]]:
         for _, _, rel, sid, np_id in ranked:
             owners.setdefault(np_id, (rel, sid))
         _state["np_owners"] = owners
-    return owners  # type: ignore[no-any-return]
+    return owners
 
 
 def directory_neuronpedia_id(entry: registry.Entry) -> str | None:
