@@ -151,12 +151,12 @@ def _l0_neighbours(word: str, cands: list[str], n: int) -> list[str]:
     if not m:
         return []
     last = m[-1]
-    prefix = word[: last.start()]
+    prefix, suffix = word[: last.start()], word[last.end() :]
     target = float(last.group())
     scored: list[tuple[float, str]] = []
     for c in cands:
         cm = list(_NUM.finditer(c))
-        if not cm or c[: cm[-1].start()] != prefix:
+        if not cm or c[: cm[-1].start()] != prefix or c[cm[-1].end() :] != suffix:
             continue
         scored.append((abs(float(cm[-1].group()) - target), c))
     scored.sort(key=lambda t: (t[0], t[1]))

@@ -838,7 +838,7 @@ CASES: list[Case] = [
         _plain(lambda: registry.get("gemma-scope-2b-pt-rse", "x")),
         errors.UnknownReleaseError,
         also=(ValueError,),
-        names=("gemma-scope-2b-pt-res",),
+        names=("Did you mean: gemma-scope-2b-pt-res,",),
     ),
     Case(
         "gemma2-sae-on-gemma3-model",
