@@ -167,7 +167,7 @@ def probe_hub(timeout: float | None = None) -> str | None:
         why = None  # it answered
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        why = f"{url} did not answer within {timeout:g} s ({reason})"
+        why = f"{url} did not answer ({reason}; waited at most {timeout:g} s)"
     _probe_cache[url] = (now, why)
     return why
 
