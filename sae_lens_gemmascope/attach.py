@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from ._args import check_index
 from .errors import FeaturesNotRecordedError, GemmaScopeError, HookMappingError
 from .hooks import GAIN_SITES, HOOK_TABLES, SiteRow, ensure_mlp_hook_in, hook_for, site_of_hook
 from .models import ModelFacts, get_model
@@ -637,7 +638,8 @@ def _attach(
         return None
 
     def on_out(act: torch.Tensor) -> torch.Tensor | None:
-        assert write is not None
+        if write is None or held.get("f") is None:
+            raise HookMappingError(_NO_INPUT.format(site_in=sites.site_in, site_out=sites.site_out))
         return write(state, act, held.get("f"), held.get("x_in"))
 
     hooks: list[tuple[str, int | None, Fn]] = [(sites.site_in, sites.layer, on_in)]
@@ -666,7 +668,10 @@ def splice(
     def write(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
-        assert f is not None
+        if f is None:
+            raise HookMappingError(
+                _NO_INPUT.format(site_in=state.sites.site_in, site_out=state.sites.site_out)
+            )
         r = _recon(sae, f, x_in if state.sites.is_transcoder else None).to(act.device, act.dtype)
         state.recon = r
         state.error = (act - r).detach()
@@ -690,13 +695,17 @@ def cache_features(
         yield st.cache
 
 
+_NO_INPUT = (
+    "The model ran its {site_out} site without first running the SAE's input site {site_in}, so there "
+    "are no features to write. Run the full model (not a part of it) inside the context, or attach "
+    "with the model the SAE belongs to."
+)
+
+
 def _direction(sae: Any, feature: int) -> torch.Tensor:
     d_sae = int(sae.W_dec.shape[0])
-    if not 0 <= feature < d_sae:
-        raise IndexError(
-            f"feature {feature} is out of range: this SAE has d_sae={d_sae} features (0..{d_sae - 1})."
-        )
-    return sae.W_dec[feature].detach()
+    i = check_index(feature, d_sae, what="feature", owner=f"this SAE (d_sae={d_sae})")
+    return sae.W_dec[i].detach()
 
 
 @contextlib.contextmanager
@@ -742,7 +751,10 @@ def ablate(
     def write(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
-        assert f is not None
+        if f is None:
+            raise HookMappingError(
+                _NO_INPUT.format(site_in=state.sites.site_in, site_out=state.sites.site_out)
+            )
         xi = x_in if state.sites.is_transcoder else None
         full = _recon(sae, f, xi).to(act.device, act.dtype)
         f2 = f.clone()
