@@ -422,7 +422,9 @@ class FakeHub:
     """A minimal hub on 127.0.0.1: HEAD/GET ``/<repo>/resolve/<rev>/<path>`` for the files given,
     503 on GET for the paths in ``fail``, 404 for everything else."""
 
-    def __init__(self, repo_id: str, files: dict[str, bytes], fail: set[str] | None = None) -> None:
+    def __init__(
+        self, repo_id: str, files: dict[str, bytes], fail: set[str] | None = None, fail_head: bool = False
+    ) -> None:
         import hashlib
 
         fail = fail or set()
@@ -445,7 +447,7 @@ class FakeHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if body and rel in fail:
+                if rel in fail and (body or fail_head):
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -493,7 +495,7 @@ def _online(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
     )
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setattr(hfc, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(hub, "_probe_cache", {})
+    monkeypatch.setattr(hub, "_probe_cache", {}, raising=False)
 
 
 CASES: list[Case] = [
@@ -984,9 +986,26 @@ def test_cached_artifact_opens_no_socket_with_offline_unset(
     monkeypatch.setattr(
         hfc, "HF_HUB_DISABLE_TELEMETRY", False
     )  # the agent lookup runs only with telemetry on
+    monkeypatch.setattr(hfc, "AGENT_HARNESSES_PATH", str(hf_cache.parent / "no-agent-cache.json"))
+    # huggingface_hub swallows a failed lookup, so the guard's exception alone would go unseen: record
+    attempts: list[object] = []
+    blocked_connect, blocked_cc = socket.socket.connect, socket.create_connection
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+        return blocked_connect(self, address)
+
+    def create_connection(address: Any, *a: Any, **k: Any) -> Any:
+        attempts.append(address)
+        return blocked_cc(address, *a, **k)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
     for local_files_only in (None, True):
         sae = load_gs2(local_files_only=local_files_only)
         assert sae.cfg.d_sae == D_SAE
+    assert attempts == []
 
 
 def _clt_files(e: registry.Entry, tmp: Path) -> dict[str, bytes]:
@@ -995,7 +1014,11 @@ def _clt_files(e: registry.Entry, tmp: Path) -> dict[str, bytes]:
     return {str(p.relative_to(snap)): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize(
+    "on", ["GET", pytest.param("HEAD", marks=pytest.mark.slow)]
+)  # HEAD: hub retries ~23 s
 def test_download_with_a_503_on_config_json_exits_nonzero(
+    on: str,
     hf_cache: Path,
     tmp_path: Path,
     loopback_only: None,
@@ -1007,7 +1030,7 @@ def test_download_with_a_503_on_config_json_exits_nonzero(
 
     e = clt_entry()
     files = _clt_files(e, tmp_path / "src")
-    hub = FakeHub(e.repo_id, files, fail={f"{e.path}/config.json"})
+    hub = FakeHub(e.repo_id, files, fail={f"{e.path}/config.json"}, fail_head=on == "HEAD")
     _online(monkeypatch, hub.port)
     try:
         rc = main(["download", e.release, e.sae_id, "--yes"])
@@ -1015,7 +1038,8 @@ def test_download_with_a_503_on_config_json_exits_nonzero(
         hub.close()
     err = capsys.readouterr().err
     assert rc == 1
-    assert f"{e.path}/config.json" in err and "503" in err and e.release in err
+    assert f"{e.path}/config.json" in err and e.release in err
+    assert "503" in err if on == "GET" else "HF_HUB_OFFLINE=1" in err
     assert cached_file(e, "config.json") is None  # nothing half-written that a loader takes for complete
     assert cached_file(e, "params_layer_0.safetensors") is not None  # the rest is kept (resumable)
 
