@@ -1014,9 +1014,7 @@ def _clt_files(e: registry.Entry, tmp: Path) -> dict[str, bytes]:
     return {str(p.relative_to(snap)): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize(
-    "on", ["GET", pytest.param("HEAD", marks=pytest.mark.slow)]
-)  # HEAD: hub retries ~23 s
+@pytest.mark.parametrize("on", ["GET", "HEAD"])  # HEAD: hub retries ~23 s
 def test_download_with_a_503_on_config_json_exits_nonzero(
     on: str,
     hf_cache: Path,

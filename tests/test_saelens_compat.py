@@ -246,7 +246,6 @@ def documented_fields() -> set[str]:
     return fields
 
 
-@pytest.mark.slow
 def test_saelens_checks_same_outcome_with_and_without_plugin(tmp_path: Path) -> None:
     plain = _run("plain", tmp_path)
     plugged = _run("plugin", tmp_path)
