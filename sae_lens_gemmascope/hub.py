@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -159,15 +160,24 @@ def probe_hub(timeout: float | None = None) -> str | None:
         return hit[1]
     if timeout is None:
         timeout = float(os.environ.get("GEMMASCOPE_HUB_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
-    why: str | None = None
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url + "/", method="HEAD"), timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        why = None  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        why = f"{url} did not answer ({reason}; waited at most {timeout:g} s)"
+    box: dict[str, str | None] = {}
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + "/", method="HEAD"), timeout=timeout):
+                box["why"] = None
+        except urllib.error.HTTPError:
+            box["why"] = None  # it answered
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            box["why"] = f"{url} did not answer ({getattr(err, 'reason', err)}; waited at most {timeout:g} s)"
+
+    # A thread bounds the name lookup too, which urllib's timeout does not cover.
+    t = threading.Thread(target=ask, daemon=True, name="gemmascope-hub-probe")
+    t.start()
+    t.join(timeout + 1.0)
+    why = (
+        box["why"] if "why" in box else f"{url} did not answer within {timeout:g} s (name lookup or connect)"
+    )
     _probe_cache[url] = (now, why)
     return why
 
