@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .errors import DownloadIncompleteError, GemmaScopeError
+from .errors import DownloadIncompleteError, GemmaScopeError, InvalidArgumentError
 from .registry import Entry
 
 CONFIRM_ABOVE_BYTES = 10 * 10**9
@@ -32,10 +32,10 @@ CONFIRM_ABOVE_BYTES = 10 * 10**9
 def _entries(release: str, sae_ids: list[str] | None, all_ids: bool) -> list[Entry]:
     if all_ids:
         if sae_ids:
-            raise GemmaScopeError("Pass either SAE ids or --release-all, not both.")
+            raise InvalidArgumentError("Pass either SAE ids or --release-all, not both.")
         return list(registry.entries(release))
     if not sae_ids:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"Name at least one sae_id of {release!r} (e.g. {registry.sae_ids(release)[0]!r}), "
             "or pass --release-all / all_ids=True for the whole release."
         )
