@@ -52,7 +52,8 @@ from typing import Any
 
 import torch
 
-from .errors import GemmaScopeError, HookMappingError
+from ._args import check_index
+from .errors import FeaturesNotRecordedError, GemmaScopeError, HookMappingError
 from .hooking import (
     Fn,
     backend_of,
@@ -118,8 +119,15 @@ def _facts_or_none(name: str | None) -> ModelFacts | None:
         return None
 
 
+def _generation(family: str) -> str:
+    return "Gemma 2" if family == "gemma2" else "Gemma 3"
+
+
 def check_model_match(model: Any, sae_model: str | None) -> None:
     """Warn (:class:`ModelMismatchWarning`) when ``model`` is not the variant the SAE was trained on.
+
+    A Gemma 2 SAE on a Gemma 3 model (or the reverse) raises :class:`HookMappingError`, even when
+    the widths agree.
 
     ``sae_model`` is the SAE's model (``sae.cfg.metadata.model_name`` or ``entry.model``). A PT SAE
     on an IT model (or the reverse) still runs, but its features mean less; another size fails on
@@ -128,6 +136,13 @@ def check_model_match(model: Any, sae_model: str | None) -> None:
     want, have = _facts_or_none(sae_model), _facts_or_none(_running_model_name(model))
     if want is None or have is None:
         return
+    if _generation(want.family) != _generation(have.family):
+        raise HookMappingError(
+            f"This SAE was trained on {want.key} ({_generation(want.family)}) but the model is {have.key} "
+            f"({_generation(have.family)}). The hook names and even the widths can match, but the "
+            f"activations mean something else, so its features would be noise. Load {want.hf_id} "
+            f"(or use a Gemma Scope release made for {have.key}: `gemmascope list --model {have.key}`)."
+        )
     if want.variant != have.variant:
         warnings.warn(
             f"This SAE was trained on {want.key} ({want.variant.upper()}) but the model is {have.key} "
@@ -211,7 +226,10 @@ class FeatureCache(dict[str, torch.Tensor]):
     @property
     def features(self) -> torch.Tensor:
         if not self:
-            raise KeyError("No forward pass has run inside the context yet.")
+            raise FeaturesNotRecordedError(
+                "No forward pass has run inside the context yet: run the model (e.g. model(tokens)) "
+                "inside the `with` block, then read the features."
+            )
         return next(iter(self.values()))
 
 
@@ -359,7 +377,8 @@ def _attach(
         return None
 
     def on_out(act: torch.Tensor) -> torch.Tensor | None:
-        assert write is not None
+        if write is None or held.get("f") is None:
+            raise HookMappingError(_NO_INPUT.format(site_in=sites.site_in, site_out=sites.site_out))
         return write(state, act, held.get("f"), held.get("x_in"))
 
     hooks: list[tuple[str, int | None, Fn]] = [(sites.site_in, sites.layer, on_in)]
@@ -388,7 +407,10 @@ def splice(
     def write(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
-        assert f is not None
+        if f is None:
+            raise HookMappingError(
+                _NO_INPUT.format(site_in=state.sites.site_in, site_out=state.sites.site_out)
+            )
         r = _recon(sae, f, x_in if state.sites.is_transcoder else None).to(act.device, act.dtype)
         state.recon = r
         state.error = (act - r).detach()
@@ -412,13 +434,17 @@ def cache_features(
         yield st.cache
 
 
+_NO_INPUT = (
+    "The model ran its {site_out} site without first running the SAE's input site {site_in}, so there "
+    "are no features to write. Run the full model (not a part of it) inside the context, or attach "
+    "with the model the SAE belongs to."
+)
+
+
 def _direction(sae: Any, feature: int) -> torch.Tensor:
     d_sae = int(sae.W_dec.shape[0])
-    if not 0 <= feature < d_sae:
-        raise IndexError(
-            f"feature {feature} is out of range: this SAE has d_sae={d_sae} features (0..{d_sae - 1})."
-        )
-    d: torch.Tensor = sae.W_dec[feature].detach()
+    i = check_index(feature, d_sae, what="feature", owner=f"this SAE (d_sae={d_sae})")
+    d: torch.Tensor = sae.W_dec[i].detach()
     return d
 
 
@@ -465,7 +491,10 @@ def ablate(
     def write(
         state: AttachState, act: torch.Tensor, f: torch.Tensor | None, x_in: torch.Tensor | None
     ) -> torch.Tensor:
-        assert f is not None
+        if f is None:
+            raise HookMappingError(
+                _NO_INPUT.format(site_in=state.sites.site_in, site_out=state.sites.site_out)
+            )
         xi = x_in if state.sites.is_transcoder else None
         full = _recon(sae, f, xi).to(act.device, act.dtype)
         f2 = f.clone()

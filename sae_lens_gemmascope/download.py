@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .errors import GemmaScopeError
+from .errors import DownloadIncompleteError, GemmaScopeError, InvalidArgumentError
 from .registry import Entry
 
 CONFIRM_ABOVE_BYTES = 10 * 10**9
@@ -32,10 +32,10 @@ CONFIRM_ABOVE_BYTES = 10 * 10**9
 def _entries(release: str, sae_ids: list[str] | None, all_ids: bool) -> list[Entry]:
     if all_ids:
         if sae_ids:
-            raise GemmaScopeError("Pass either SAE ids or --release-all, not both.")
+            raise InvalidArgumentError("Pass either SAE ids or --release-all, not both.")
         return list(registry.entries(release))
     if not sae_ids:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"Name at least one sae_id of {release!r} (e.g. {registry.sae_ids(release)[0]!r}), "
             "or pass --release-all / all_ids=True for the whole release."
         )
@@ -52,6 +52,11 @@ def _files(entry: Entry, include_examples: bool) -> list[str]:
     return files
 
 
+def _optional(entry: Entry, filename: str) -> bool:
+    """Files a load can do without: a single-layer SAE's ``config.json``, ``examples.safetensors``."""
+    return filename == "examples.safetensors" or (filename == "config.json" and not entry.is_multilayer)
+
+
 def download(
     release: str,
     sae_ids: list[str] | None = None,
@@ -64,29 +69,64 @@ def download(
 ) -> list[Path]:
     """Download the files of the given ids (or the whole release) and return their cached paths.
 
-    ``config.json`` is optional on the hub side: a missing one is skipped. ``examples.safetensors``
-    (large; feature frequencies and dashboards) only with ``include_examples=True``.
+    Files already in the cache are not fetched again (unless ``force_download=True``). A single-layer
+    SAE's ``config.json`` and ``examples.safetensors`` (large; only with ``include_examples=True``) may
+    be absent from the hub: a definite "no such file" (HTTP 404) skips them. Every other failure,
+    and any file a load needs that is not in the cache afterwards, raises
+    :class:`~sae_lens_gemmascope.errors.DownloadIncompleteError` naming each missing file and why.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from .errors import ArtifactNotCachedError, HubRequestError, RemoteFileNotFoundError
+    from .hub import cached_file, fetch, is_offline
 
     out: list[Path] = []
+    missing: list[str] = []
     seen: set[tuple[str, str]] = set()
+    offline = is_offline()
     for e in _entries(release, sae_ids, all_ids):
         for f in _files(e, include_examples):
             key = (e.repo_id, f"{e.path}/{f}")
             if key in seen:
                 continue
             seen.add(key)
+            where = f"{e.repo_id}/{e.path}/{f} ({e.release}/{e.sae_id})"
+            if offline:
+                p = None if force_download else cached_file(e, f, revision=revision, cache_dir=cache_dir)
+                if p is None and not _optional(e, f):
+                    missing.append(f"{where}: not cached, and HF_HUB_OFFLINE=1 forbids the hub")
+                elif p is not None:
+                    out.append(p)
+                continue
             try:
-                p = hf_hub_download(
-                    e.repo_id, key[1], revision=revision, force_download=force_download, cache_dir=cache_dir
+                p = fetch(
+                    e,
+                    f,
+                    revision=revision,
+                    force_download=force_download,
+                    local_files_only=False,
+                    cache_dir=cache_dir,
                 )
-            except EntryNotFoundError:
-                if f in ("config.json", "examples.safetensors"):
+            except RemoteFileNotFoundError as exc:
+                if _optional(e, f):
                     continue
-                raise
-            out.append(Path(p))
+                missing.append(f"{where}: the hub has no such file ({str(exc).split('. ')[0]})")
+                continue
+            except (ArtifactNotCachedError, HubRequestError) as exc:
+                missing.append(f"{where}: {exc}")
+                continue
+            out.append(p)
+    if missing:
+        hint = (
+            "Unset HF_HUB_OFFLINE (e.g. `export HF_HUB_OFFLINE=0`) on a machine with network, then run "
+            "`gemmascope download` again."
+            if offline
+            else "Run the same `gemmascope download` command again: files already fetched are kept and "
+            "partial ones resume."
+        )
+        raise DownloadIncompleteError(
+            f"{len(missing)} file(s) needed by {release} are not in the cache:\n  "
+            + "\n  ".join(missing)
+            + f"\n{hint}"
+        )
     return out
 
 
@@ -109,7 +149,7 @@ def cli_download(args: Any) -> int:
     [--force-download] [--cache-dir D] [--dry-run]``. Returns the exit code."""
     try:
         entries = _entries(args.release, list(args.sae_ids or []), bool(args.release_all))
-    except (GemmaScopeError, KeyError) as exc:
+    except GemmaScopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     total = sum(e.size_bytes() for e in entries)
@@ -134,7 +174,10 @@ def cli_download(args: Any) -> int:
             cache_dir=args.cache_dir,
             include_examples=with_examples,
         )
-    except Exception as exc:  # network/hub failures: one line, non-zero exit
+    except DownloadIncompleteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except GemmaScopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for p in paths:

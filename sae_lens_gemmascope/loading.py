@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import registry
+from ._args import check_load_args
 from .artifacts import CONFIG_FILE, EXAMPLES_FILE, check_config, has_config, params_file, read_config
 from .convert import convert_file
 from .errors import GemmaScopeError, ShapeMismatchError, UnknownSaeIdError, close_matches
@@ -251,6 +252,7 @@ def load_with_cfg_and_sparsity(
 ) -> tuple[Any, dict[str, Any], torch.Tensor | None]:
     """Like :func:`load`, returning ``(sae, cfg_dict, log10_sparsity)`` as SAELens'
     ``SAE.from_pretrained_with_cfg_and_sparsity`` does."""
+    check_load_args(device, dtype)
     entry = resolve(release, sae_id)
     cfg, state_dict, sparsity = convert_entry(
         entry,

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Literal
 
 from ._index import manifest
-from .errors import GemmaScopeError, close_matches
+from .errors import UnknownModelError, close_matches
 
 Family = Literal["gemma2", "gemma3_text", "gemma3_multimodal"]
 
@@ -89,4 +89,4 @@ def get_model(name: str) -> ModelFacts:
         return models["gemma-3-270m"]
     near = close_matches(short, models)
     hint = f" Did you mean: {', '.join(near)}?" if near else ""
-    raise GemmaScopeError(f"Unknown model {name!r}.{hint} Known models: {', '.join(models)}.")
+    raise UnknownModelError(f"Unknown model {name!r}.{hint} Known models: {', '.join(models)}.")

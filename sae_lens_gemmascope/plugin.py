@@ -54,8 +54,9 @@ _state: dict[str, Any] = {"registered": False, "original": None, "injected_into"
 class LazyIdMap(Mapping[str, Any]):
     """A read-only ``sae_id -> value`` view of one release, built from its shard on first access.
 
-    ``field`` is an :class:`~sae_lens_gemmascope.registry.Entry` attribute (``path``, ``l0``,
-    ``neuronpedia_id``) or ``None`` for a constant ``default``.
+    ``field`` is an :class:`~sae_lens_gemmascope.registry.Entry` attribute (``path``, ``l0``),
+    ``"directory_neuronpedia_id"`` (:func:`directory_neuronpedia_id`) or ``None`` for a constant
+    ``default``.
     """
 
     def __init__(self, release: str, field: str | None, default: Any = None) -> None:
@@ -67,6 +68,8 @@ class LazyIdMap(Mapping[str, Any]):
             shard = registry._shard(self._release)
             if self._field is None:
                 self._data = dict.fromkeys(shard, self._default)
+            elif self._field == "directory_neuronpedia_id":
+                self._data = {sid: directory_neuronpedia_id(e) for sid, e in shard.items()}
             else:
                 self._data = {sid: getattr(e, self._field) for sid, e in shard.items()}
         return self._data
@@ -88,6 +91,66 @@ class LazyIdMap(Mapping[str, Any]):
         return f"LazyIdMap({self._release!r}, {self._field!r}, {state})"
 
 
+def _neuronpedia_owners() -> dict[str, tuple[str, str]]:
+    """Neuronpedia id -> the one ``(release, sae_id)`` that carries it in SAELens' directory.
+
+    The registry links a canonical alias (``layer_20/width_16k/canonical``) and the ``average_l0_*``
+    entry it points to with the same Neuronpedia source (both links are right: see
+    :attr:`Entry.neuronpedia_url`). SAELens' directory must map each Neuronpedia id back to one
+    ``(release, sae_id)`` (its ``test_get_pretrained_saes_directory_unique_np_ids``), so there the id
+    stays on the alias, as in SAELens' own YAML, and any other holder gets ``None``.
+    """
+    owners = _state.get("np_owners")
+    if owners is None:
+        owners = {}
+        ranked = sorted(
+            (e.alias_of is None, rel_i, e.release, e.sae_id, e.neuronpedia_id)
+            for rel_i, rel in enumerate(registry.releases())
+            for e in registry._shard(rel).values()
+            if e.neuronpedia_id
+        )
+        for _, _, rel, sid, np_id in ranked:
+            owners.setdefault(np_id, (rel, sid))
+        _state["np_owners"] = owners
+    return owners
+
+
+def directory_neuronpedia_id(entry: registry.Entry) -> str | None:
+    """The Neuronpedia id SAELens' directory (and the loaded ``cfg.metadata``) shows for ``entry``.
+
+    ``entry.neuronpedia_id`` unless another entry (a canonical alias) owns the same id; the link
+    itself stays on ``entry.neuronpedia_url``.
+
+    >>> from sae_lens_gemmascope import registry
+    >>> e = registry.get("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")
+    >>> e.neuronpedia_url, directory_neuronpedia_id(e)
+    ('https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k', None)
+    >>> directory_neuronpedia_id(registry.get("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical"))
+    'gemma-2-2b/20-gemmascope-res-16k'
+    """
+    np_id = entry.neuronpedia_id
+    if not np_id:
+        return None
+    return np_id if _neuronpedia_owners().get(np_id) == (entry.release, entry.sae_id) else None
+
+
+def saelens_compat(cfg: dict[str, Any], entry: registry.Entry) -> dict[str, Any]:
+    """Set the config fields SAELens 6.54.12 sets for ``entry``, with its values (in place).
+
+    * ``context_size``: 1024 for Gemma Scope 1 (``ActivationsStore.from_sae`` needs it), unset for
+      Gemma Scope 2 (no source states it; see ``docs/saelens_differences.md``);
+    * ``model_name``: SAELens' name (``gemma-2-2b`` for Gemma Scope 1, the HF id for Gemma Scope 2);
+    * ``neuronpedia_id``: unique across the directory (:func:`directory_neuronpedia_id`).
+    """
+    md = cfg.setdefault("metadata", {})
+    md["context_size"] = entry.context_size
+    md["model_name"] = entry.saelens_model_name
+    md["neuronpedia_id"] = directory_neuronpedia_id(entry)
+    if md.get("hook_name_out") is not None:
+        md.setdefault("hook_head_index_out", None)
+    return cfg
+
+
 def _lookup_for(release: str) -> Any:
     """A SAELens ``PretrainedSAELookup`` for one registry release (fields found by introspection)."""
     from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
@@ -102,7 +165,7 @@ def _lookup_for(release: str) -> Any:
         "saes_map": LazyIdMap(release, "path"),
         "expected_var_explained": LazyIdMap(release, None, 1.0),
         "expected_l0": LazyIdMap(release, "l0"),
-        "neuronpedia_id": LazyIdMap(release, "neuronpedia_id"),
+        "neuronpedia_id": LazyIdMap(release, "directory_neuronpedia_id"),
         "norm_scaling_factor": {},
         "config_overrides": {RELEASE_KEY: release},
     }
@@ -149,8 +212,8 @@ def _apply_overrides(cfg: dict[str, Any], over: dict[str, Any]) -> dict[str, Any
     from sae_lens.loading.pretrained_sae_loaders import LLM_METADATA_KEYS
 
     for k, v in over.items():
-        if k == "neuronpedia_id" and v is None:
-            continue
+        if k == "neuronpedia_id":
+            continue  # set from the registry by saelens_compat (unique across the directory)
         if k in LLM_METADATA_KEYS:
             cfg["metadata"][k] = v
         else:
@@ -169,14 +232,16 @@ def saelens_loader(
 
     Also usable directly: ``SAE.from_pretrained("google/gemma-scope-2b-pt-res", "<folder>", converter=saelens_loader)``.
     """
+    from ._args import check_load_args
     from .loading import convert_entry, entry_for_folder
 
     release, dtype, over = _pop_ours(cfg_overrides)
+    check_load_args(device, dtype)
     entry = entry_for_folder(repo_id, folder_name, release)
     cfg, state_dict, sparsity = convert_entry(
         entry, device=device, dtype=dtype, force_download=force_download
     )
-    return _apply_overrides(cfg, over), state_dict, sparsity
+    return _apply_overrides(saelens_compat(cfg, entry), over), state_dict, sparsity
 
 
 def saelens_config_getter(
@@ -187,13 +252,16 @@ def saelens_config_getter(
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """SAELens config-getter protocol: the config from registry facts alone (no file is read)."""
+    from ._args import check_dtype
     from .convert import sae_config
     from .loading import entry_for_folder
 
     release, dtype, over = _pop_ours(cfg_overrides)
     e = entry_for_folder(repo_id, folder_name, release)
-    cfg = sae_config(e, d_in=e.d_in, d_sae=e.d_sae, d_out=e.d_out, dtype=dtype, device=str(device))
-    return _apply_overrides(cfg, over)
+    cfg = sae_config(
+        e, d_in=e.d_in, d_sae=e.d_sae, d_out=e.d_out, dtype=check_dtype(dtype), device=str(device)
+    )
+    return _apply_overrides(saelens_compat(cfg, e), over)
 
 
 def resolve_for_saelens(release: str, sae_id: str) -> tuple[str, str]:
@@ -258,11 +326,11 @@ def _guarded_from_pretrained(original: Any) -> Any:
 
 def multilayer_loader(repo_id: str, folder_name: str, *args: Any, **kwargs: Any) -> Any:
     """Registered for CLT/crosscoder releases: always raises a typed error naming the right API."""
-    from .loading import entry_for_folder
+    from .loading import _multilayer_error, entry_for_folder
 
     release = (kwargs.get("cfg_overrides") or {}).get(RELEASE_KEY)
-    entry_for_folder(repo_id, folder_name, release)  # raises MultiLayerReleaseError
-    raise AssertionError("unreachable")  # pragma: no cover
+    entry = entry_for_folder(repo_id, folder_name, release)  # raises MultiLayerReleaseError
+    raise _multilayer_error(entry)  # pragma: no cover (a single-layer folder in a multi-layer release)
 
 
 def register() -> None:

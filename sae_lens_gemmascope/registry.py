@@ -21,13 +21,16 @@ from typing import Any, Literal
 
 from ._index import manifest as _manifest
 from ._index import read_shard
-from .errors import UnknownReleaseError, UnknownSaeIdError, close_matches
+from .errors import InvalidArgumentError, UnknownReleaseError, UnknownSaeIdError, close_matches
 
 Kind = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
 Status = Literal["observed", "expected"]
 ExamplesStatus = Literal["observed", "expected", "absent", "unknown"]
 
 NEURONPEDIA_URL = "https://www.neuronpedia.org"
+# Sequence length SAELens 6.54.12 records for every Gemma Scope 1 SAE/transcoder (its gemma_2 loaders
+# set ``context_size: 1024``; gemma-scope-1.md section 3 lists it among the cfg fields it keeps).
+GS1_CONTEXT_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,26 @@ class Entry:
     def neuronpedia_url(self) -> str | None:
         """The Neuronpedia source page, or None where no source is known."""
         return f"{NEURONPEDIA_URL}/{self.neuronpedia_id}" if self.neuronpedia_id else None
+
+    @property
+    def context_size(self) -> int | None:
+        """Training sequence length recorded in the SAELens config (``cfg.metadata.context_size``).
+
+        A registry row may state it (``context_size``); otherwise 1024 for Gemma Scope 1, as SAELens
+        sets it, and None for Gemma Scope 2, for which no source states it (gemma-scope-2.md 5.3).
+        """
+        if self.extra.get("context_size") is not None:
+            return int(self.extra["context_size"])
+        return GS1_CONTEXT_SIZE if self.generation == 1 else None
+
+    @property
+    def saelens_model_name(self) -> str:
+        """The ``model_name`` SAELens 6.54.12 writes into this artifact's config.
+
+        Gemma Scope 1: the TransformerLens name (``gemma-2-2b``, ``gemma-2-9b-it``); Gemma Scope 2: the
+        Hugging Face id (``google/gemma-3-1b-pt``, ``google/gemma-3-270m``).
+        """
+        return self.model if self.generation == 1 else self.hf_model_id
 
     def feature_url(self, index: int) -> str | None:
         """The Neuronpedia page of one latent."""
@@ -187,7 +210,16 @@ def models() -> dict[str, dict[str, Any]]:
     return _manifest()["models"]
 
 
+def _check_str(what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
+            f"{what} must be a string such as 'gemma-scope-2b-pt-res', got {type(value).__name__} {value!r}. "
+            "List the names with `gemmascope list`."
+        )
+
+
 def _check_release(release: str) -> None:
+    _check_str("release", release)
     man = _manifest()
     if release in man["releases"]:
         return
@@ -230,6 +262,7 @@ def get(release: str, sae_id: str) -> Entry:
     Multi-layer ids also accept the family folder as prefix (``clt/width_262k_l0_big``).
     """
     _check_release(release)
+    _check_str("sae_id", sae_id)
     shard = _shard(release)
     if sae_id in shard:
         return shard[sae_id]
@@ -327,6 +360,18 @@ def nearest(
         >>> registry.nearest(100, model="gemma-2-2b", site="resid_post", layer=20, width="16k").sae_id
         'layer_20/width_16k/average_l0_71'
     """
+    import math
+    from numbers import Real
+
+    if isinstance(target_l0, bool) or not isinstance(target_l0, Real) or not math.isfinite(float(target_l0)):
+        raise InvalidArgumentError(
+            f"nearest() needs a finite number as target_l0, got {target_l0!r}. Pass e.g. 100 (the L0 "
+            "Gemma Scope calls canonical), or use find(l0='medium') for a Gemma Scope 2 label."
+        )
+    if float(target_l0) < 0:
+        raise InvalidArgumentError(
+            f"target_l0 must be >= 0 (an average number of active latents), got {target_l0!r}."
+        )
     hits = find(model=model, site=site, layer=layer, width=width, kind=kind, release=release)
     if not hits:
         raise UnknownSaeIdError(
@@ -338,8 +383,13 @@ def nearest(
 
 def search(text: str, limit: int = 50) -> list[Entry]:
     """Entries whose release, sae_id, path, repo, model or Neuronpedia id contain every word of ``text``."""
+    _check_str("text", text)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidArgumentError(f"limit must be a non-negative integer, got {limit!r}.")
     words = text.lower().split()
-    out = []
+    out: list[Entry] = []
+    if limit == 0:
+        return out
     for e in iter_entries():
         hay = " ".join(
             [e.release, e.sae_id, e.path, e.repo_id, e.model, e.kind, e.site, e.neuronpedia_id or ""]

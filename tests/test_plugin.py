@@ -54,7 +54,9 @@ def test_sae_from_pretrained_uses_our_converter(hf_cache, no_network):
         entry.release, entry.sae_id, dtype="bfloat16"
     )
     assert cfg["metadata"]["gemmascope_release"] == "gemma-scope-2b-pt-res"
-    assert sae.cfg.metadata.hook_name == "hook_embed" and sae.cfg.metadata.model_name == "google/gemma-2-2b"
+    assert (
+        sae.cfg.metadata.hook_name == "hook_embed" and sae.cfg.metadata.model_name == "gemma-2-2b"
+    )  # SAELens 6.54.12 value
     assert sae.W_enc.dtype == torch.bfloat16 and sae.threshold.dtype == torch.float32
     with np.load(path) as z:
         np.testing.assert_allclose(sae.b_dec.detach().float().numpy(), z["b_dec"] * np.sqrt(2304), rtol=1e-2)

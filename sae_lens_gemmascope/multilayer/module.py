@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._args import check_index, check_load_args
 from ..artifacts import SKIP, STORED_DTYPE, block_file, check_config
 from ..errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
 from ..registry import Entry
@@ -127,13 +128,7 @@ class MultiLayerModule(nn.Module):
         raise NotImplementedError
 
     def _check_block(self, block: int) -> int:
-        b = int(block)
-        if not 0 <= b < self.n_blocks:
-            hint = ""
-            if b in self.layers:
-                hint = f" Model layer {b} is block {self.layers.index(b)}: blocks are positions in layers={self.layers}."
-            raise IndexError(f"{type(self).__name__} has blocks 0..{self.n_blocks - 1}; got {block}.{hint}")
-        return b
+        return check_index(block, self.n_blocks, what="block", owner=type(self).__name__, layers=self.layers)
 
     def global_latent_id(self, block: int, index: int) -> int:
         """Global latent id of latent ``index`` of ``block`` (block offset + index)."""
@@ -531,6 +526,7 @@ class MultiLayerModule(nn.Module):
         ``verify`` are as for :func:`sae_lens_gemmascope.load` (float32 files; negative thresholds
         refused unless ``verify="none"``).
         """
+        check_load_args(device, dtype)
         if parts not in ("all", "encoder"):
             raise GemmaScopeError(
                 f"parts={parts!r}: a {cls.kind} loads 'all' or 'encoder' (decoders load lazily)."
