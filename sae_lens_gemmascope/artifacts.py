@@ -250,27 +250,36 @@ def check_config(entry: Entry, raw: Mapping[str, Any], path: str | Path, *, widt
     Checked: ``width`` (total latents), ``type`` (``transcoder`` for skip transcoders too) and
     ``affine_connection``. A key that is absent is not checked; a key of the wrong type is an error.
     """
-    problems = []
+    malformed, problems = [], []
     kind = {"skip_transcoder": "transcoder"}.get(entry.kind, entry.kind)
     w = raw.get("width")
     if w is not None:
         if not isinstance(w, int) or isinstance(w, bool):
-            problems.append(f"width is {w!r}, not an integer")
+            malformed.append(f"width is {w!r}, not an integer")
         elif w != width:
             problems.append(f"width {w} but the weights hold {width} latents")
     t = raw.get("type")
-    if t is not None and t != kind:
-        problems.append(f"type {t!r} but the registry says {kind!r}")
+    if t is not None:
+        if not isinstance(t, str):
+            malformed.append(f"type is {t!r}, not a string")
+        elif t != kind:
+            problems.append(f"type {t!r} but the registry says {kind!r}")
     aff = raw.get("affine_connection")
     if aff is not None:
         if not isinstance(aff, bool):
-            problems.append(f"affine_connection is {aff!r}, not true/false")
+            malformed.append(f"affine_connection is {aff!r}, not true/false")
         elif aff != entry.affine:
             problems.append(f"affine_connection {aff} but the registry says {entry.affine}")
+    where = f"{path} (config.json of {entry.release}/{entry.sae_id})"
+    if malformed:
+        raise CorruptArtifactError(
+            f"{where} is malformed: {'; '.join(malformed)}. Delete it from the cache and download it again "
+            f"(`gemmascope download {entry.release} {entry.sae_id} --force-download`)."
+        )
     if problems:
         raise ShapeMismatchError(
-            f"{path} (config.json of {entry.release}/{entry.sae_id}) disagrees with the registry: "
-            f"{'; '.join(problems)}. Re-download it with force_download=True, or report the registry entry."
+            f"{where} disagrees with the registry: {'; '.join(problems)}. Re-download it with "
+            "force_download=True, or report the registry entry."
         )
 
 

@@ -68,7 +68,8 @@ def sae_config(
 
     ``hook_name`` / ``hook_name_out`` / ``reshape_activations`` are the HookedTransformer hooks of the
     entry's sites; ``hf_hook_name`` / ``hf_hook_name_out`` name the Hugging Face module point
-    (``<module>.input|output``). ``dataset_path`` and ``context_size`` are not set: no public source
+    (``<module>.input|output``). ``model_name`` and ``context_size`` are SAELens' values (``context_size``
+    1024 for Gemma Scope 1, unset for Gemma Scope 2). ``dataset_path`` is not set: no public source
     states them for every release.
     """
     from importlib.metadata import version
@@ -78,7 +79,8 @@ def sae_config(
     metadata: dict[str, Any] = {
         "sae_lens_version": version("sae-lens"),
         "sae_lens_training_version": None,
-        "model_name": entry.hf_model_id,
+        "model_name": entry.saelens_model_name,
+        "context_size": entry.context_size,
         "hook_name": ht_in.hook_name,
         "hook_head_index": None,
         "hf_hook_name": f"{hf_in.hf_module}.{hf_in.hf_io}",

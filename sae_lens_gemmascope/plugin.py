@@ -137,14 +137,12 @@ def directory_neuronpedia_id(entry: registry.Entry) -> str | None:
 def saelens_compat(cfg: dict[str, Any], entry: registry.Entry) -> dict[str, Any]:
     """Set the config fields SAELens 6.54.12 sets for ``entry``, with its values (in place).
 
-    * ``context_size``: 1024 for Gemma Scope 1 (``ActivationsStore.from_sae`` needs it), unset for
-      Gemma Scope 2 (no source states it; see ``docs/saelens_differences.md``);
-    * ``model_name``: SAELens' name (``gemma-2-2b`` for Gemma Scope 1, the HF id for Gemma Scope 2);
+    ``context_size`` (1024 for Gemma Scope 1, which ``ActivationsStore.from_sae`` needs; unset for
+    Gemma Scope 2) and ``model_name`` come from :func:`sae_lens_gemmascope.convert.sae_config`; here:
+
     * ``neuronpedia_id``: unique across the directory (:func:`directory_neuronpedia_id`).
     """
     md = cfg.setdefault("metadata", {})
-    md["context_size"] = entry.context_size
-    md["model_name"] = entry.saelens_model_name
     md["neuronpedia_id"] = directory_neuronpedia_id(entry)
     if md.get("hook_name_out") is not None:
         md.setdefault("hook_head_index_out", None)
