@@ -37,7 +37,12 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from .errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
+from .errors import (
+    BlockIndexError,
+    CorruptArtifactError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+)
 
 
 class Entry(Protocol):
@@ -204,7 +209,7 @@ def params_file(entry: Entry) -> str:
     for f in entry.files:
         if f.startswith("params") and not f.startswith("params_layer_"):
             return f
-    raise GemmaScopeError(
+    raise InvalidArgumentError(
         f"{entry.release}/{entry.sae_id} has no single weight file (its files: {', '.join(entry.files)}); "
         "CLTs and crosscoders have one file per block: use block_file(entry, i)."
     )
@@ -215,7 +220,7 @@ def block_file(entry: Entry, block: int) -> str:
     name = f"params_layer_{int(block)}.safetensors"
     if name not in entry.files:
         n = sum(f.startswith("params_layer_") for f in entry.files)
-        raise IndexError(
+        raise BlockIndexError(
             f"{entry.release}/{entry.sae_id} has {n} block files (blocks 0..{n - 1}); there is no block {block}."
         )
     return name

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import torch
 
 from .artifacts import THRESHOLD_DTYPE, Fp32Parameter, saelens_name, tensor_specs
-from .errors import CorruptArtifactError, GemmaScopeError
+from .errors import CorruptArtifactError, InvalidArgumentError, LatentIndexError
 from .hooks import hook_for
 from .reading import WeightFile, check_file, open_weights
 from .reading.stored import check_finite
@@ -129,14 +129,16 @@ def _latent_index(latents: slice | Sequence[int] | None, d_sae: int, what: str) 
         try:
             idx = [int(i) for i in latents]
         except (TypeError, ValueError) as err:
-            raise GemmaScopeError(
+            raise InvalidArgumentError(
                 f"latents= must be a slice or a sequence of integer latent ids; got {latents!r} for {what}."
             ) from err
         bad = [i for i in idx if not 0 <= i < d_sae]
         if bad:
-            raise IndexError(f"latent id(s) {bad[:5]} outside 0..{d_sae - 1} for {what} (d_sae={d_sae}).")
+            raise LatentIndexError(
+                f"latent id(s) {bad[:5]} outside 0..{d_sae - 1} for {what} (d_sae={d_sae})."
+            )
     if not idx:
-        raise GemmaScopeError(f"latents={latents!r} selects no latent of {what} (d_sae={d_sae}).")
+        raise InvalidArgumentError(f"latents={latents!r} selects no latent of {what} (d_sae={d_sae}).")
     return idx
 
 
@@ -227,17 +229,17 @@ def convert_file(
     lists them (in the order given).
     """
     if parts not in PARTS:
-        raise GemmaScopeError(f"parts={parts!r} is not one of {', '.join(PARTS)}.")
+        raise InvalidArgumentError(f"parts={parts!r} is not one of {', '.join(PARTS)}.")
     if verify not in VERIFY:
-        raise GemmaScopeError(f"verify={verify!r} is not one of {', '.join(VERIFY)}.")
+        raise InvalidArgumentError(f"verify={verify!r} is not one of {', '.join(VERIFY)}.")
     tdtype = torch_dtype(dtype)
     if mmap and tdtype != torch.float32:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"mmap=True returns views of the float32 file, so it cannot also convert to {tdtype}; pass "
             "dtype='float32' with mmap=True, or mmap=False to convert while reading."
         )
     if mmap and torch.device(device).type != "cpu":
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"mmap=True maps the file into CPU memory; it cannot place tensors on {device}."
         )
     f = open_weights(entry, path)
@@ -275,14 +277,14 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16``; refuses non-float names."""
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
-            raise GemmaScopeError(
+            raise InvalidArgumentError(
                 f"dtype {dtype} is not a floating-point dtype; use float32, bfloat16, float16 or float64."
             )
         return dtype
     name = str(dtype).removeprefix("torch.")
     t = getattr(torch, name, None)
     if not isinstance(t, torch.dtype) or not t.is_floating_point:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"Unsupported dtype {dtype!r}; use 'float32', 'bfloat16', 'float16' or 'float64'."
         )
     return t

@@ -61,6 +61,10 @@ class BlockIndexError(GemmaScopeError, IndexError):
     """A block / layer / latent index outside the range an object holds."""
 
 
+class LatentIndexError(GemmaScopeError, IndexError):
+    """A latent (feature) id outside the artifact's ``0..d_sae-1``."""
+
+
 class CorruptArtifactError(GemmaScopeError, ValueError):
     """A downloaded file is truncated, unreadable, or holds NaN/inf values."""
 

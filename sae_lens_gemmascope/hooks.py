@@ -254,7 +254,7 @@ def hook_for(
         layer=layer,
         backend=backend,
         hook_name=fill(hook),
-        reshape=reshape,  # type: ignore[arg-type]
+        reshape=reshape,
         requires=requires,
         hf_module=fill(row.hf_module) or "",
         hf_io=row.hf_io,
@@ -319,7 +319,7 @@ def ensure_mlp_hook_in(model: Any) -> bool:
         mlp = getattr(block, "mlp", None)
         if mlp is None or isinstance(getattr(mlp, "hook_in", None), HookPoint):
             continue
-        hp = HookPoint()
+        hp = HookPoint()  # type: ignore[no-untyped-call]
         mlp.hook_in = hp
         original_forward = mlp.forward
         mlp.forward = lambda x, _f=original_forward, _h=hp: _f(_h(x))

@@ -32,7 +32,13 @@ from . import registry
 from ._args import check_load_args
 from .artifacts import CONFIG_FILE, EXAMPLES_FILE, check_config, has_config, params_file, read_config
 from .convert import convert_file
-from .errors import GemmaScopeError, ShapeMismatchError, UnknownSaeIdError, close_matches
+from .errors import (
+    GemmaScopeError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+    UnknownSaeIdError,
+    close_matches,
+)
 from .hub import cached_file, fetch
 from .partial import SAEDecoder, SAEEncoder
 from .registry import Entry
@@ -110,7 +116,7 @@ def log10_sparsity(
         return None
     if entry.generation != 2:
         if with_sparsity:
-            raise GemmaScopeError(
+            raise InvalidArgumentError(
                 f"{entry.release} is Gemma Scope 1, which ships no feature-frequency data "
                 "(only params.npz); load without with_sparsity=True."
             )

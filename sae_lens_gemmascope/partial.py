@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .artifacts import THRESHOLD_DTYPE, Fp32Parameter
+from .errors import InvalidArgumentError
 
 
 def jumprelu(pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,7 @@ class SAEDecoder(nn.Module):
         out = feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     "This transcoder has an affine skip connection: decode(f, x) needs its input x for the "
                     "x @ W_skip.T term."
                 )

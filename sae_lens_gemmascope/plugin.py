@@ -174,11 +174,11 @@ def _lookup_for(release: str) -> Any:
 def inject(directory: dict[str, Any]) -> dict[str, Any]:
     """Put one lazy lookup per registry release into SAELens' directory dict (in place, idempotent)."""
     with _lock:
-        if _state["injected_into"] is directory:
-            return directory
-        for release in registry.releases():
-            directory[release] = _lookup_for(release)
-        _state["injected_into"] = directory
+        done = _state["injected_into"] is directory
+        if not done:
+            for release in registry.releases():
+                directory[release] = _lookup_for(release)
+            _state["injected_into"] = directory
     return directory
 
 

@@ -207,7 +207,8 @@ def repos() -> dict[str, list[str]]:
 
 def models() -> dict[str, dict[str, Any]]:
     """Raw model facts from ``registry/models.yaml`` (keyed by model key)."""
-    return _manifest()["models"]
+    facts: dict[str, dict[str, Any]] = _manifest()["models"]
+    return facts
 
 
 def _check_str(what: str, value: object) -> None:

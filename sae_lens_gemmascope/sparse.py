@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .errors import GemmaScopeError
+from .errors import InvalidArgumentError
 
 #: Default number of latents per chunk; with ``token_chunk`` tokens a chunk holds token_chunk x this.
 LATENT_CHUNK = 16384
@@ -44,7 +44,7 @@ def _encoder_parts(sae: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     try:
         return sae.W_enc, sae.b_enc, sae.threshold
     except AttributeError as err:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"{type(sae).__name__} has no JumpReLU encoder (W_enc, b_enc, threshold): pass a Gemma Scope SAE, "
             "transcoder or sae_lens_gemmascope.load(..., parts='encoder')."
         ) from err
@@ -54,7 +54,7 @@ def _flat_input(sae: Any, x: torch.Tensor, d_in: int) -> tuple[torch.Tensor, tup
     if x.ndim >= 2 and x.shape[-1] != d_in and x.ndim >= 3 and x.shape[-2] * x.shape[-1] == d_in:
         x = x.flatten(-2)  # attention hook_z [..., n_heads, d_head]
     if x.shape[-1] != d_in:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"The SAE reads vectors of size {d_in}; got an input of shape {tuple(x.shape)}."
         )
     lead = tuple(x.shape[:-1])
@@ -89,7 +89,7 @@ def encode_topk(
     w, b, thr = _encoder_parts(sae)
     d_in, d_sae = int(w.shape[0]), int(w.shape[1])
     if not 0 < k <= d_sae:
-        raise GemmaScopeError(f"k={k} must be in 1..{d_sae} (the SAE's number of latents).")
+        raise InvalidArgumentError(f"k={k} must be in 1..{d_sae} (the SAE's number of latents).")
     xf, lead = _flat_input(sae, x, d_in)
     xf = xf.to(device=w.device, dtype=w.dtype)
     n = xf.shape[0]
@@ -162,7 +162,9 @@ def decode_sparse(
     w_dec, b_dec = sae.W_dec, sae.b_dec
     if indices is None:
         if not values.is_sparse:
-            raise GemmaScopeError("decode_sparse(sae, values) needs a sparse tensor, or (values, indices).")
+            raise InvalidArgumentError(
+                "decode_sparse(sae, values) needs a sparse tensor, or (values, indices)."
+            )
         sp = values.coalesce()
         lead = tuple(sp.shape[:-1])
         ids = sp.indices()

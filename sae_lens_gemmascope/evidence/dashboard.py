@@ -215,9 +215,11 @@ def _copy_assets(out: Path) -> None:
     dst = out / "assets"
     dst.mkdir(parents=True, exist_ok=True)
     for name in ASSETS:
-        _write(dst / name, pkg.joinpath("static", name).read_text(encoding="utf-8"))
+        _write(dst / name, pkg.joinpath("static").joinpath(name).read_text(encoding="utf-8"))
     for name in VENDOR:
-        _write(dst / name, pkg.joinpath("static", "vendor", name).read_text(encoding="utf-8"))
+        _write(
+            dst / name, pkg.joinpath("static").joinpath("vendor").joinpath(name).read_text(encoding="utf-8")
+        )
 
 
 def _render_index(meta: dict[str, Any]) -> str:

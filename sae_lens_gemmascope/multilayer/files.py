@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..errors import ShapeMismatchError
+from ..errors import BlockIndexError, ShapeMismatchError
 from ..reading import TensorFile, stored
 
 #: Bytes of the temporary buffer used when copying decoder slices out of a file.
@@ -61,7 +61,7 @@ class LayerFile(TensorFile):
         want = sorted({int(t) for t in targets})
         bad = [t for t in want if not 0 <= t < n_t]
         if bad:
-            raise IndexError(f"{self.path}: target(s) {bad} outside 0..{n_t - 1}")
+            raise BlockIndexError(f"{self.path}: target(s) {bad} outside 0..{n_t - 1}")
         flat = dataclasses.replace(st, shape=(d_lat * n_t, d_out))  # row r*n_t + j is w_dec[r, j, :]
         out = {t: torch.empty((d_lat, d_out), dtype=_torch_dtype(st)) for t in want}
         row_bytes = d_out * st.dtype.itemsize

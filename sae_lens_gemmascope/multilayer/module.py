@@ -49,7 +49,13 @@ from torch import nn
 
 from .._args import check_index, check_load_args
 from ..artifacts import SKIP, STORED_DTYPE, block_file, check_config
-from ..errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
+from ..errors import (
+    CorruptArtifactError,
+    GemmaScopeError,
+    InvalidArgumentError,
+    LatentIndexError,
+    ShapeMismatchError,
+)
 from ..registry import Entry
 from .files import LayerFile
 
@@ -94,7 +100,7 @@ class MultiLayerModule(nn.Module):
     ):
         super().__init__()
         if len(block_widths) != len(layers):
-            raise ValueError(f"{len(block_widths)} block widths for {len(layers)} layers")
+            raise InvalidArgumentError(f"{len(block_widths)} block widths for {len(layers)} layers")
         self.layers: tuple[int, ...] = tuple(int(x) for x in layers)
         self.n_blocks = len(self.layers)
         self.d_model = int(d_model)
@@ -134,13 +140,13 @@ class MultiLayerModule(nn.Module):
         """Global latent id of latent ``index`` of ``block`` (block offset + index)."""
         b = self._check_block(block)
         if not 0 <= index < self.block_widths[b]:
-            raise IndexError(f"block {b} has {self.block_widths[b]} latents; got {index}")
+            raise LatentIndexError(f"block {b} has {self.block_widths[b]} latents; got {index}")
         return self.latent_offsets[b] + int(index)
 
     def block_of_latent(self, latent_id: int) -> tuple[int, int]:
         """``(block, index)`` of a global latent id."""
         if not 0 <= latent_id < self.d_sae:
-            raise IndexError(f"latent id {latent_id} outside 0..{self.d_sae - 1}")
+            raise LatentIndexError(f"latent id {latent_id} outside 0..{self.d_sae - 1}")
         b = int(np.searchsorted(np.asarray(self.latent_offsets), latent_id, side="right")) - 1
         return b, int(latent_id) - self.latent_offsets[b]
 
@@ -162,7 +168,7 @@ class MultiLayerModule(nn.Module):
     def _file(self, block: int) -> LayerFile:
         if block not in self._files:
             if self._opener is None:
-                raise GemmaScopeError(
+                raise InvalidArgumentError(
                     f"Block {block} of this {type(self).__name__} was not loaded and the module has no files "
                     "to read it from (it was built from tensors). Pass every block's tensors to from_tensors."
                 )
@@ -335,7 +341,7 @@ class MultiLayerModule(nn.Module):
         srcs = list(self.sources_of(j))
         missing = [i for i in srcs if i not in features_by_source]
         if missing:
-            raise KeyError(
+            raise InvalidArgumentError(
                 f"decode_to({j}) needs the latents of blocks {srcs}; missing {missing}. "
                 "Encode them first (encode(block, x))."
             )
@@ -349,7 +355,7 @@ class MultiLayerModule(nn.Module):
         out = out + self.b_dec[str(j)]
         if self.affine:
             if x is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"This {type(self).__name__} is affine: decode_to({j}, ..., x=...) needs the input of block {j} "
                     "for the skip term x @ affine_skip_connection."
                 )
@@ -414,7 +420,7 @@ class MultiLayerModule(nn.Module):
         for b, p in enumerate(ps):
             missing = [k for k in _KEYS_REQUIRED if k not in p]
             if missing:
-                raise KeyError(f"block {b} lacks {missing}")
+                raise InvalidArgumentError(f"block {b} lacks {missing}")
         d_model = int(ps[0]["w_enc"].shape[0])
         affine = SKIP in ps[0]
         m = cls(
@@ -528,7 +534,7 @@ class MultiLayerModule(nn.Module):
         """
         check_load_args(device, dtype)
         if parts not in ("all", "encoder"):
-            raise GemmaScopeError(
+            raise InvalidArgumentError(
                 f"parts={parts!r}: a {cls.kind} loads 'all' or 'encoder' (decoders load lazily)."
             )
         from .. import registry

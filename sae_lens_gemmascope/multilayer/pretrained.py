@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import CONFIG_FILE, has_config, read_config
-from ..errors import GemmaScopeError
+from ..errors import GemmaScopeError, InvalidArgumentError
 from ..registry import Entry
 
 PathLike = str | os.PathLike[str]
@@ -61,7 +61,7 @@ def fetch_file(
     from ..hub import fetch
 
     if filename not in entry.files:
-        raise GemmaScopeError(
+        raise InvalidArgumentError(
             f"{entry.release}/{entry.sae_id} has no file {filename!r}; it has {', '.join(entry.files)}."
         )
     return fetch(

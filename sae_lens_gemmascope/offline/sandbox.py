@@ -480,8 +480,8 @@ class Sandbox:
                 finally:
                     handle.remove()
             for pt in todo:
-                self._acts[(key, *pt)] = torch.cat(rows[pt])
-        return {pt: self._acts[(key, *pt)] for pt in points}
+                self._acts[(key, pt[0], pt[1])] = torch.cat(rows[pt])
+        return {pt: self._acts[(key, pt[0], pt[1])] for pt in points}
 
     def _manifest(self) -> dict[str, Any]:
         p = self.cache_dir / _MANIFEST
@@ -529,7 +529,9 @@ class Sandbox:
     def _fit_multilayer(self, model: str, entry: Entry, width: int, seed: int) -> list[dict[str, Any]]:
         from .fitting import fit_multilayer
 
-        pts = [(site, layer) for layer in entry.layers for site in (entry.hook_site_in, entry.hook_site_out)]
+        pts: list[tuple[str, int | None]] = [
+            (site, layer) for layer in entry.layers for site in (entry.hook_site_in, entry.hook_site_out)
+        ]
         acts = self.corpus_activations(model, pts)
         xs = [acts[(entry.hook_site_in, layer)] for layer in entry.layers]
         ys = [acts[(entry.hook_site_out, layer)] for layer in entry.layers]

@@ -26,6 +26,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,8 @@ def npz_bytes(params: Mapping[str, np.ndarray]) -> bytes:
     """An uncompressed ``params.npz`` with GS1 key names (``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``threshold``)."""
     rename = {"w_enc": "W_enc", "w_dec": "W_dec"}
     buf = io.BytesIO()
-    np.savez(buf, **{rename.get(k, k): v for k, v in params.items()})
+    arrays: dict[str, Any] = {rename.get(k, k): v for k, v in params.items()}
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -168,12 +170,13 @@ def write_entry(
     din = d_in or entry.d_in
     dout = d_out or entry.d_out
     written: list[Path] = []
+    given: Any = params  # one mapping (single-layer) or one per block (multi-layer)
     if entry.format == "gs1_npz":
-        p = params or jumprelu_params(din, d_sae or entry.d_sae, dout, seed=seed)
+        p = given or jumprelu_params(din, d_sae or entry.d_sae, dout, seed=seed)
         written.append(put_file(cache_dir, entry.repo_id, f"{entry.path}/params.npz", npz_bytes(p), commit))
         return written
     if entry.is_multilayer:
-        blocks = list(params) if params is not None else None  # type: ignore[arg-type]
+        blocks: list[Any] | None = list(given) if given is not None else None
         n_t = len(entry.layers)
         if blocks is not None and len(blocks) != n_t:
             raise ValueError(f"{entry.sae_id} has {n_t} blocks; got params for {len(blocks)}")
@@ -199,7 +202,7 @@ def write_entry(
             )
         cfg = gs2_config(entry, width=per * n_t)
     else:
-        p = params or jumprelu_params(din, d_sae or entry.d_sae, dout, affine=entry.affine, seed=seed)  # type: ignore[assignment]
+        p = given or jumprelu_params(din, d_sae or entry.d_sae, dout, affine=entry.affine, seed=seed)
         written.append(
             put_file(
                 cache_dir, entry.repo_id, f"{entry.path}/params.safetensors", safetensors_bytes(p), commit

@@ -40,7 +40,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from ..errors import CorruptArtifactError
+from ..errors import CorruptArtifactError, LatentIndexError
 
 #: Bytes per read call / conversion chunk: negligible next to the weights, large enough to be fast.
 CHUNK_BYTES = 32 * 1024 * 1024
@@ -141,7 +141,7 @@ def _as_index(latents: Latents, n: int, st: StoredTensor) -> list[int] | None:
     idx = [int(i) for i in latents]
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
-        raise IndexError(f"latent(s) {bad[:5]} outside 0..{n - 1} for {st.describe()}")
+        raise LatentIndexError(f"latent(s) {bad[:5]} outside 0..{n - 1} for {st.describe()}")
     return idx
 
 
