@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="add the 262k widths (4.8 GB fp32 files)")
     ap.add_argument("--skip-saelens", action="store_true", help="skip SAELens' own loaders")
+    ap.add_argument("--gs2-only", action="store_true", help="only the Gemma Scope 2 rows")
     ap.add_argument(
         "--repeat", type=int, default=2, help="fresh children per (artifact, loader); best is kept"
     )
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         cases += [("gemma-scope-2-1b-pt-res", "layer_13_width_262k_l0_medium")]
 
+    if args.gs2_only:
+        cases = [c for c in cases if c[0].startswith("gemma-scope-2-")]
     with tempfile.TemporaryDirectory(prefix="gs-bench-") as tmp:
         cache = Path(tmp)
         env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -3,7 +3,7 @@
 Not a test. For each width (16k, 262k, 1m latents; d_in 640 as Gemma 3 270M) and 4,096 tokens, each
 path runs in a fresh subprocess on random float32 weights; reported: wall time and the peak RSS
 beyond the weights (VmHWM after the weights are built, reset through /proc/self/clear_refs).
-Dense is skipped where its [tokens, d_sae] tensor would not fit (1m: 16 GiB).
+Dense is skipped where its [tokens, d_sae] temporaries would not fit (262k: ~17 GiB, 1m: ~64 GiB).
 
     python bench/bench_topk.py                 # 16k, 262k, 1m
     python bench/bench_topk.py --widths 16384 --tokens 1024
@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--d-in", type=int, default=640)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--max-dense-gib", type=float, default=8.0, help="skip dense above this transient memory")
     a = ap.parse_args()
     print(f"{a.tokens} tokens, d_in {a.d_in}, k {a.k}; extra = peak RSS beyond the weights and inputs")
     print(
