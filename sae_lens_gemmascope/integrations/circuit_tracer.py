@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -65,6 +65,8 @@ __all__ = [
     "clt",
     "family_entries",
     "feature_hooks",
+    "replacement_model",
+    "restore_rotary_tables",
     "transcoder_set",
     "zero_positions",
 ]
@@ -338,3 +340,77 @@ def clt(release: str, sae_id: str, *, lazy: bool = True, **load_kwargs: Any) -> 
         device=kw["device"],
         progress=lambda r: tqdm(r, desc=f"{entry.sae_id} layers", disable=len(r) < 4, leave=False),
     )
+
+
+def _hf_hub_shim() -> None:
+    """circuit-tracer 0.5.0's ``utils.hf_utils`` (imported by ``ReplacementModel``) imports
+    ``huggingface_hub.constants.HF_HUB_ENABLE_HF_TRANSFER``, which huggingface_hub 1.x removed (hf_transfer
+    became hf_xet). Define it as False when it is missing; nothing else reads it."""
+    import huggingface_hub.constants as hfc
+
+    if not hasattr(hfc, "HF_HUB_ENABLE_HF_TRANSFER"):
+        hfc.HF_HUB_ENABLE_HF_TRANSFER = False  # type: ignore[attr-defined,unused-ignore]
+
+
+def replacement_model(
+    transcoders: Any,
+    model: str,
+    *,
+    hf_model: Any = None,
+    tokenizer: Any = None,
+    backend: Literal["transformerlens", "nnsight"] = "transformerlens",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+) -> Any:
+    """circuit-tracer's ``ReplacementModel`` for ``model`` (key or HF id) with ``transcoders``.
+
+    Applies the huggingface_hub shim circuit-tracer 0.5.0 needs on our stack, passes ``hf_model`` /
+    ``tokenizer`` through (e.g. the offline Gemma 3 270M of :mod:`sae_lens_gemmascope.offline.realmodel`),
+    and sets ``zero_positions`` from the registry. Tested with the ``transformerlens`` backend
+    (TransformerLens 3.9, transformers 5); ``nnsight`` additionally needs the nnsight package.
+    """
+    _require_circuit_tracer()
+    _hf_hub_shim()
+    from circuit_tracer import ReplacementModel
+
+    facts = get_model(model)
+    if hf_model is not None:
+        kwargs["hf_model"] = hf_model
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    rm = ReplacementModel.from_pretrained_and_transcoders(
+        facts.hf_id, transcoders, backend=backend, device=torch.device(device), dtype=dtype, **kwargs
+    )
+    rm.zero_positions = zero_positions(facts.key)
+    if backend == "transformerlens":
+        restore_rotary_tables(rm)
+    return rm
+
+
+def restore_rotary_tables(model: Any) -> int:
+    """Give every attention block of a TransformerLens ``model`` the RoPE table of its own base again.
+
+    circuit-tracer 0.5.0's TransformerLens backend (``_deduplicate_attention_buffers``) makes all blocks
+    share the *last* block's ``rotary_sin``/``rotary_cos``. Gemma 3 uses a different base for its local
+    (sliding-window, 10k) and global (1M) layers, so every local layer then rotates with the global base and
+    the activations drift from the model's (by ~2% of their scale at layer 0 of Gemma 3 270M). Tables are
+    rebuilt with TransformerLens' own ``calculate_sin_cos_rotary`` and shared per base. Returns the number
+    of distinct bases (1 for models with a single base: nothing changes).
+    """
+    tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    for block in getattr(model, "blocks", []):
+        attn = block.attn
+        if not hasattr(attn, "rotary_sin") or not hasattr(attn, "_rotary_base"):
+            continue
+        base = float(attn._rotary_base())
+        if base not in tables:
+            sin, cos = attn.calculate_sin_cos_rotary(
+                model.cfg.rotary_dim,
+                attn.rotary_sin.shape[0],
+                base=attn._rotary_base(),
+                dtype=model.cfg.dtype,
+            )
+            tables[base] = (sin.to(attn.rotary_sin.device), cos.to(attn.rotary_cos.device))
+        attn.rotary_sin, attn.rotary_cos = tables[base]
+    return len(tables)

