@@ -1,7 +1,8 @@
 """Read pieces of one Gemma Scope weight file: headers, whole tensors, or rows for a list of latents.
 
-One reader for both on-hub formats: Gemma Scope 2 ``params*.safetensors`` (read through
-``safetensors.safe_open`` / ``get_slice``, so only the bytes of the rows asked for are touched) and
+One reader for both on-hub formats: Gemma Scope 2 ``params*.safetensors`` (header parsed, then positional
+reads into fresh tensors: only the bytes asked for are read, and no memory map outlives a read, so a held
+bias never pins its file's pages) and
 Gemma Scope 1 ``params.npz`` (an uncompressed zip: a member is read whole, on first use).
 
 :func:`read_rows` is the primitive circuit-tracer's lazy decoders need: rows ``ids`` of ``w_dec``
@@ -24,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Iterable
@@ -60,6 +62,52 @@ def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
+
+
+def _safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int]]:
+    """``{name: (dtype, shape, absolute byte offset)}`` from a safetensors header (sizes checked)."""
+    size = path.stat().st_size
+    with open(path, "rb", buffering=0) as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, rec in header.items():
+        if rec["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"tensor {name!r} has unsupported dtype {rec['dtype']}")
+        dtype = _ST_DTYPES[rec["dtype"]]
+        shape = tuple(int(x) for x in rec["shape"])
+        a, b = (8 + n + int(o) for o in rec["data_offsets"])
+        if b - a != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or b > size:
+            raise ValueError(
+                f"tensor {name!r} claims bytes {a}..{b} of a {size}-byte file: truncated or corrupt"
+            )
+        out[name] = (dtype, shape, a)
+    return out
+
+
+def _read_into(fh: Any, buf: torch.Tensor, offset: int) -> None:
+    """Fill the contiguous tensor ``buf`` from ``fh`` at byte ``offset`` (positional reads, no mmap)."""
+    view = buf.view(torch.uint8).numpy().data.cast("B")
+    fh.seek(offset)
+    while len(view):
+        got = fh.readinto(view)
+        if not got:
+            raise CorruptArtifactError(f"unexpected end of file at byte {offset}")
+        view = view[got:]
+        offset += got
+
+
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     with zipfile.ZipFile(path) as z:
@@ -86,10 +134,8 @@ class TensorFile:
             if self.is_npz:
                 self._shapes = _npz_shapes(self.path)
             else:
-                from safetensors import safe_open
-
-                with safe_open(str(self.path), framework="pt") as f:
-                    self._shapes = {k: tuple(int(s) for s in f.get_slice(k).get_shape()) for k in f.keys()}
+                self._header = _safetensors_header(self.path)
+                self._shapes = {k: v[1] for k, v in self._header.items()}
         except Exception as err:  # OSError, BadZipFile, safetensors' SafetensorError ...
             if isinstance(err, CorruptArtifactError):
                 raise
@@ -121,17 +167,18 @@ class TensorFile:
             with np.load(self.path) as z:
                 t = torch.from_numpy(np.ascontiguousarray(z[name]))
         else:
-            from safetensors import safe_open
-
-            with safe_open(str(self.path), framework="pt") as f:
-                t = f.get_tensor(name)
+            dtype, shape, start = self._header[name]
+            t = torch.empty(shape, dtype=dtype)
+            with open(self.path, "rb", buffering=0) as fh:
+                _read_into(fh, t, start)
         return check_finite(t, f"{self.path}:{name}")
 
     def read_rows(self, name: str, ids: Any, first_target: int | None = None) -> torch.Tensor:
         """Rows ``ids`` (any order, repeats allowed) of ``name``, in that order.
 
         ``first_target`` keeps ``[:, first_target:]`` of a 3-D decoder ``(d_i, n_targets, d_model)``.
-        Safetensors files are read one slice per run of consecutive ids; npz members are read whole.
+        Safetensors files: one read per run of consecutive ids (per row when ``first_target`` > 0);
+        npz members are read whole.
         """
         shape = self.shape(name)
         idx = torch.as_tensor(ids).detach().to("cpu", torch.int64).reshape(-1)
@@ -139,22 +186,30 @@ class TensorFile:
             raise IndexError(
                 f"{self.path}:{name} has {shape[0]} rows; asked for ids {int(idx.min())}..{int(idx.max())}."
             )
-        tail: tuple[slice, ...] = () if first_target is None else (slice(int(first_target), None),)
         if self.is_npz:
             full = self.read(name)
             rows = full[idx]
             return rows[:, int(first_target) :] if first_target is not None else rows
         runs = contiguous_runs(idx.tolist())
+        dtype, _, start = self._header[name]
+        ft = 0 if first_target is None else int(first_target)
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize  # bytes of one stored row
+        keep = (shape[1] - ft, *shape[2:]) if first_target is not None else tuple(shape[1:])
         if not runs:
-            n_t = shape[1] - int(first_target) if first_target is not None else None
-            rest = shape[1:] if n_t is None else (n_t, *shape[2:])
-            return torch.empty((0, *rest))
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            sl = f.get_slice(name)
-            parts = [sl[(slice(a, b), *tail)] for a, b in runs]
-        block = check_finite(torch.cat(parts) if len(parts) > 1 else parts[0], f"{self.path}:{name}")
+            return torch.empty((0, *keep), dtype=dtype)
+        skip = ft * int(np.prod(shape[2:], dtype=np.int64)) * dtype.itemsize
+        block_rows = sum(b - a for a, b in runs)
+        out = torch.empty((block_rows, *keep), dtype=dtype)
+        with open(self.path, "rb", buffering=0) as fh:
+            k = 0
+            for a, b in runs:
+                if skip == 0:  # rows a..b are one contiguous span
+                    _read_into(fh, out[k : k + b - a], start + a * row)
+                else:  # row r keeps [ft:, ...]: contiguous within the row
+                    for r in range(a, b):
+                        _read_into(fh, out[k + r - a], start + r * row + skip)
+                k += b - a
+        block = check_finite(out, f"{self.path}:{name}")
         if (
             len(runs) == 1
             and runs[0] == (int(idx[0]), int(idx[0]) + idx.numel())
