@@ -84,7 +84,7 @@ try:
         m = load_transcoder_set({int(k): v for k, v in paths.items()}, "x", "mlp.hook_in", "hook_mlp_out",
                                 device=cpu, special_load_fn="gemma-scope-2")
 except Exception as err:
-    out["error"] = f"{type(err).__name__}: {str(err)[:120]}"
+    out["error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:110]}"
 out["peak"] = status("VmHWM") - base
 out["held"] = status("VmRSS") - base
 print(json.dumps(out))
@@ -99,6 +99,8 @@ def clt_blocks(width: int, n: int = 18, d: int = 640) -> list[dict[str, np.ndarr
     blocks = []
     for i in range(n):
         p = jumprelu_params(d, width, d, seed=i)
+        # pre-activations are ~N(b_enc, 1) on unit inputs: a threshold near 2.1 leaves ~L0 50 per layer and token
+        p["threshold"] = (2.1 + 0.1 * g.standard_normal(width)).astype(np.float32)
         w = g.standard_normal((width, n, d), dtype=np.float32)
         w *= np.float32(1 / np.sqrt(width))
         w[:, :i] = 0
