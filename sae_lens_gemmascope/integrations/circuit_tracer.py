@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -359,6 +360,7 @@ def replacement_model(
     hf_model: Any = None,
     tokenizer: Any = None,
     backend: Literal["transformerlens", "nnsight"] = "transformerlens",
+    model_path: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     **kwargs: Any,
@@ -367,20 +369,27 @@ def replacement_model(
 
     Applies the huggingface_hub shim circuit-tracer 0.5.0 needs on our stack, passes ``hf_model`` /
     ``tokenizer`` through (e.g. the offline Gemma 3 270M of :mod:`sae_lens_gemmascope.offline.realmodel`),
-    and sets ``zero_positions`` from the registry. Tested with the ``transformerlens`` backend
-    (TransformerLens 3.9, transformers 5); ``nnsight`` additionally needs the nnsight package.
+    and sets ``zero_positions`` from the registry. ``transformerlens`` (TransformerLens 3.9) builds from
+    ``hf_model`` / ``tokenizer`` when given and gets its RoPE tables restored (:func:`restore_rotary_tables`);
+    ``nnsight`` (needs ``nnsight>=0.6,<0.7``) loads the model itself from ``model_path`` (a local
+    directory, e.g. :func:`sae_lens_gemmascope.offline.realmodel.ensure_converted`) or the hub id.
+    Both run on transformers 5 (tests/integrations).
     """
     _require_circuit_tracer()
     _hf_hub_shim()
     from circuit_tracer import ReplacementModel
 
     facts = get_model(model)
-    if hf_model is not None:
-        kwargs["hf_model"] = hf_model
-    if tokenizer is not None:
-        kwargs["tokenizer"] = tokenizer
+    if backend == "transformerlens":
+        if hf_model is not None:
+            kwargs["hf_model"] = hf_model
+        if tokenizer is not None:
+            kwargs["tokenizer"] = tokenizer
+    name = str(model_path) if model_path is not None else facts.hf_id
+    if backend == "transformerlens":
+        name = facts.hf_id  # TransformerLens picks its config by the official name
     rm = ReplacementModel.from_pretrained_and_transcoders(
-        facts.hf_id, transcoders, backend=backend, device=torch.device(device), dtype=dtype, **kwargs
+        name, transcoders, backend=backend, device=torch.device(device), dtype=dtype, **kwargs
     )
     rm.zero_positions = zero_positions(facts.key)
     if backend == "transformerlens":

