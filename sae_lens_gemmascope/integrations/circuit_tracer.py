@@ -26,8 +26,8 @@ IT models' untrained chat-prefix positions come from the registry (:func:`zero_p
 Install (circuit-tracer 0.5.0 pins ``transformers<=4.57.3`` and ``huggingface-hub<1.0``, which our stack
 exceeds, so install it without its dependencies)::
 
+    pip install "sae-lens-gemmascope[circuit-tracer]"   # einops, pydantic, nnsight 0.6.x
     pip install --no-deps circuit-tracer==0.5.0
-    pip install einops pydantic "nnsight>=0.6"  # only einops is needed for the transcoder classes
 
 Example:
     >>> from sae_lens_gemmascope.integrations.circuit_tracer import feature_hooks, zero_positions
@@ -73,7 +73,9 @@ __all__ = [
 ]
 
 #: The documented install (circuit-tracer's own pins would downgrade transformers and huggingface_hub).
-INSTALL_RECIPE = "pip install --no-deps circuit-tracer==0.5.0 && pip install einops"
+INSTALL_RECIPE = (
+    'pip install "sae-lens-gemmascope[circuit-tracer]" && pip install --no-deps circuit-tracer==0.5.0'
+)
 
 _NAMES = {
     "gs2_safetensors": {
