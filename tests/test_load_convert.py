@@ -74,9 +74,10 @@ def test_family_matches_float64_reference(release, sae_id, hf_cache, no_network)
     md = sae.cfg.metadata
     ht = hook_for(entry.model, entry.hook_site_in, entry.layer)
     assert md.hook_name == ht.hook_name and sae.cfg.reshape_activations == ht.reshape
-    assert md.model_name == entry.hf_model_id and md.neuronpedia_id == entry.neuronpedia_id
+    assert md.model_name == entry.saelens_model_name and md.neuronpedia_id == entry.neuronpedia_id
     assert sae.cfg.d_in == entry.d_in and sae.cfg.d_sae == D_SAE and not sae.cfg.apply_b_dec_to_input
-    assert md.dataset_path is None and md.context_size is None  # nothing invented
+    # dataset_path is not invented; context_size is SAELens' 1024 for Gemma Scope 1 (ActivationsStore needs it)
+    assert md.dataset_path is None and md.context_size == (1024 if entry.generation == 1 else None)
     if entry.kind != "sae":
         assert md.hook_name_out == hook_for(entry.model, entry.hook_site_out, entry.layer).hook_name
         assert sae.cfg.d_out == entry.d_out

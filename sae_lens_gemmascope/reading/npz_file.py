@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 
 from . import stored
 from .safetensors_file import check_regular_file
-from .stored import Latents, StoredTensor
+from .stored import StoredFile, StoredTensor
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes, signature PK\x03\x04
 
@@ -126,7 +125,7 @@ class _ClosingStream:
 _TAGS = {"<f4": "F32", "<f8": "F64", "<f2": "F16"}
 
 
-class NpzFile:
+class NpzFile(StoredFile):
     """A header-only handle on a ``params.npz`` with the interface of
     :class:`~sae_lens_gemmascope.reading.safetensors_file.TensorFile`.
 
@@ -141,39 +140,13 @@ class NpzFile:
         self._stored = {k: dataclasses.replace(v, what=what) for k, v in locate_npz(self.path).items()}
         self.metadata: dict[str, str] = {}
 
-    def names(self) -> list[str]:
-        return list(self._stored)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._stored
-
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self._stored.items()}
 
     def dtypes(self) -> dict[str, str]:
         return {k: _TAGS.get(v.dtype.str, v.dtype.str) for k, v in self._stored.items()}
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.stored(name).shape
-
     def stored(self, name: str) -> StoredTensor:
         if name not in self._stored:
             raise _corrupt(self.path, f"it has no array {name!r} (it holds {', '.join(self._stored)})")
         return self._stored[name]
-
-    def read(
-        self,
-        name: str,
-        *,
-        dtype: torch.dtype | None = None,
-        latents: Latents = None,
-        axis: int | None = None,
-        transpose: bool = False,
-        check: bool = False,
-    ) -> torch.Tensor:
-        return stored.read(
-            self.stored(name), dtype=dtype, latents=latents, axis=axis, transpose=transpose, check=check
-        )
-
-    def memory_map(self, name: str) -> torch.Tensor:
-        return stored.memory_map(self.stored(name))

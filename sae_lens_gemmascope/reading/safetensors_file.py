@@ -28,10 +28,9 @@ import stat
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import stored
-from .stored import Latents, StoredTensor
+from .stored import StoredFile, StoredTensor
 
 #: safetensors dtype tag -> numpy dtype (little-endian), for the tags a weight file may hold.
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -60,7 +59,7 @@ def check_regular_file(path: Path, what: str = "") -> int:
     return st.st_size
 
 
-class TensorFile:
+class TensorFile(StoredFile):
     """A validated, header-only handle on one safetensors file; tensors are read on request.
 
     ``what`` names the artifact (``release/sae_id``) in error messages.
@@ -88,22 +87,15 @@ class TensorFile:
         self._header: dict[str, dict[str, object]] = header
         self._start = 8 + n
 
-    def names(self) -> list[str]:
-        """Tensor names, in file order."""
-        return list(self._header)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._header
-
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(int(s) for s in v["shape"]) for k, v in self._header.items()}  # type: ignore[attr-defined]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes()[self._need(name)]
 
     def dtypes(self) -> dict[str, str]:
         """safetensors dtype tags (``F32``, ``BF16``, ...)."""
         return {k: str(v["dtype"]) for k, v in self._header.items()}
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.shapes()[self._need(name)]
 
     def _need(self, name: str) -> str:
         if name not in self._header:
@@ -125,25 +117,6 @@ class TensorFile:
         return StoredTensor(
             name, self.path, NUMPY_DTYPES[tag], shape, offset=self._start + b0, what=self.what
         )
-
-    def read(
-        self,
-        name: str,
-        *,
-        dtype: torch.dtype | None = None,
-        latents: Latents = None,
-        axis: int | None = None,
-        transpose: bool = False,
-        check: bool = False,
-    ) -> torch.Tensor:
-        """Tensor ``name`` (or the ``latents`` along ``axis``) as a new CPU tensor; see :func:`.stored.read`."""
-        return stored.read(
-            self.stored(name), dtype=dtype, latents=latents, axis=axis, transpose=transpose, check=check
-        )
-
-    def memory_map(self, name: str) -> torch.Tensor:
-        """Zero-copy, copy-on-write tensor over ``name`` (memory grows with the pages touched)."""
-        return stored.memory_map(self.stored(name))
 
     def read_numpy(self, name: str, index: slice | None = None) -> np.ndarray:
         """``name`` (or rows ``index`` along axis 0) as a numpy array, through ``safe_open``'s ``get_slice``."""

@@ -267,3 +267,49 @@ def memory_map(st: StoredTensor) -> torch.Tensor:
     arr = np.memmap(st.path, dtype=st.dtype, mode="c", offset=int(st.offset), shape=shape)
     t = torch.from_numpy(arr)
     return t.T if fortran else t
+
+
+class StoredFile:
+    """What both file readers share: locate a tensor (:meth:`stored`), then read or map it.
+
+    Subclasses (:class:`~sae_lens_gemmascope.reading.TensorFile`, :class:`~sae_lens_gemmascope.reading.NpzFile`)
+    parse their header and implement :meth:`stored` and :meth:`shapes` / :meth:`dtypes`.
+    """
+
+    path: Path
+    what: str
+
+    def stored(self, name: str) -> StoredTensor:
+        raise NotImplementedError
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        """Tensor names, in file order."""
+        return list(self.shapes())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.shapes()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.stored(name).shape
+
+    def read(
+        self,
+        name: str,
+        *,
+        dtype: torch.dtype | None = None,
+        latents: Latents = None,
+        axis: int | None = None,
+        transpose: bool = False,
+        check: bool = False,
+    ) -> torch.Tensor:
+        """Tensor ``name`` (or the ``latents`` along ``axis``) as a new CPU tensor; see :func:`read`."""
+        return read(
+            self.stored(name), dtype=dtype, latents=latents, axis=axis, transpose=transpose, check=check
+        )
+
+    def memory_map(self, name: str) -> torch.Tensor:
+        """Zero-copy, copy-on-write tensor over ``name`` (memory grows with the pages touched)."""
+        return memory_map(self.stored(name))
