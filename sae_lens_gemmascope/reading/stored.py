@@ -230,14 +230,25 @@ def read(
     row_elems = math.prod(shape[1:]) if len(shape) > 1 else 1
     sel_rows = _as_index(latents, shape[axis_eff], st) if (latents is not None and axis_eff == 0) else None
     sel_cols = _as_index(latents, shape[1], st) if (latents is not None and axis_eff == 1) else None
-    if sel_cols is None:
+    src_dtype = torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
+    if sel_cols is None and dtype is not None and dtype != src_dtype and not fortran and shape:
+        # convert row block by row block into the final buffer: peak = result + one chunk
+        rows = list(range(n_rows)) if sel_rows is None else sel_rows
+        t = torch.empty((len(rows), *shape[1:]), dtype=dtype)
+        step = max(1, CHUNK_BYTES // max(1, row_elems * st.dtype.itemsize))
+        for a in range(0, len(rows), step):
+            block = _rows_raw(st, rows[a : a + step], n_rows, row_elems).reshape((-1, *shape[1:]))
+            if check:
+                check_finite(block, st)
+            t[a : a + block.shape[0]].copy_(block)
+        check = False
+    elif sel_cols is None:
         raw = _rows_raw(st, sel_rows, n_rows, row_elems)
         out_rows = raw.shape[0]
         t = raw.reshape((out_rows, *shape[1:])) if shape else raw.reshape(())
     else:
         step = max(1, CHUNK_BYTES // max(1, row_elems * st.dtype.itemsize))
         idx = torch.tensor(sel_cols, dtype=torch.long)
-        src_dtype = torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
         t = torch.empty((n_rows, len(sel_cols), *shape[2:]), dtype=dtype or src_dtype)
         for a in range(0, n_rows, step):
             b = min(n_rows, a + step)
