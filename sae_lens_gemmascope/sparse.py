@@ -35,7 +35,7 @@ import torch
 from .errors import InvalidArgumentError
 
 #: Default number of latents per chunk; with ``token_chunk`` tokens a chunk holds token_chunk x this.
-LATENT_CHUNK = 16384
+LATENT_CHUNK = 8192
 #: Default tokens per chunk.
 TOKEN_CHUNK = 4096
 
