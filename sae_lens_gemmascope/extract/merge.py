@@ -240,11 +240,8 @@ def merge(out: str | os.PathLike[str], *, device: str = "cpu", quiet: bool = Fal
         arrays = examples_arrays(acc, tokens, lengths, chunks, acc.n_tokens)
         path = examples_path(out, info["release"], info["sae_id"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": "gemma-scope-2 examples",
-            "source": "gemmascope extract",
-            "n_tokens": str(acc.n_tokens),
-        }
+        # one metadata key: safetensors writes several in no fixed order, and the file must be reproducible
+        meta = {"gemmascope_extract": json.dumps({"n_tokens": acc.n_tokens, "top_n": acc.top_n}, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp), metadata=meta)
         written.append(str(path))

