@@ -204,12 +204,12 @@ def test_sigkill_mid_shard_leaves_no_visible_file(hf_cache, model_dirs, tmp_path
     rng = random.Random(1)
     big = tmp_path / "big.txt"
     big.write_text(
-        "\n".join(" ".join(f"w{rng.randrange(4, 4000)}" for _ in range(63)) for _ in range(3000)) + "\n"
+        "\n".join(" ".join(f"w{rng.randrange(4, 4000)}" for _ in range(63)) for _ in range(400)) + "\n"
     )
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "sae_lens_gemmascope.cli", "extract", "--sae", *RES, "--text", str(big),
-           "--out", str(out), "--model", str(model_dirs["gemma3_text"]), "--ctx", "64", "--top-k", "16",
-           "--batch-size", "16", "--no-check-shapes", "--device", "cpu"]  # fmt: skip
+           "--out", str(out), "--model", str(model_dirs["gemma3_text"]), "--ctx", "64", "--top-k", "48",
+           "--batch-size", "32", "--no-check-shapes", "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -223,7 +223,7 @@ def test_sigkill_mid_shard_leaves_no_visible_file(hf_cache, model_dirs, tmp_path
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     assert not list(out.rglob(".*tmp-*"))
     assert [p.name for p in _visible(out) if p.suffix == ".json"] == ["shard-00000-of-00001.json"]
-    assert sorted(set(_table(out / "tokens")["seq"].to_pylist())) == list(range(3000))
+    assert sorted(set(_table(out / "tokens")["seq"].to_pylist())) == list(range(400))
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -309,9 +309,10 @@ def check_topk(rows: Any, ref: list[np.ndarray], k: int, skip: int = 1) -> int:
             live = np.sort(r[p_][r[p_] > 0])[::-1]
             assert len(mine) == min(k, len(live)), (s, p_, mine, live[:k])
             kth = live[min(k, len(live)) - 1] if len(live) else 0.0
+            tol = 1e-4 * max(1.0, abs(float(kth)))
             for f, v in mine:
-                assert v == pytest.approx(r[p_, f], rel=1e-4, abs=1e-5)
-                assert r[p_, f] >= kth - 1e-5
+                assert v == pytest.approx(r[p_, f], rel=1e-4, abs=1e-4)
+                assert r[p_, f] >= kth - tol
             n += len(mine)
     assert not by_tok, f"rows for tokens that do not exist: {list(by_tok)[:3]}"
     return n
@@ -486,3 +487,42 @@ def test_torchrun_env_picks_the_shard(monkeypatch):
     assert spec_from_args(args).shard == (2, 4)
     args = p.parse_args(["--sae", *RES, "--text", "x.txt", "--out", "o", "--shard", "1/3"])
     assert spec_from_args(args).shard == (1, 3)
+
+
+@pytest.mark.ray
+def test_ray_executor_equals_local(hf_cache, model_dirs, corpus, tmp_path):
+    """A real Ray run (local cluster, 2 actors, Ray Data map_batches) writes the same files as the
+    local executor, and merges to the same examples file."""
+    pytest.importorskip("ray", reason="needs the ray extra: pip install 'sae-lens-gemmascope[ray]'")
+    import ray
+
+    from sae_lens_gemmascope.extract.merge import examples_path, merge
+
+    _write(hf_cache, RES, TC)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    _run(_spec(local, model_dirs["gemma3_text"], corpus, RES, TC, shard=(1, 2)))
+    _run(_spec(local, model_dirs["gemma3_text"], corpus, RES, TC, shard=(0, 2)))
+    try:
+        for i in (0, 1):
+            _run(
+                _spec(
+                    remote,
+                    model_dirs["gemma3_text"],
+                    corpus,
+                    RES,
+                    TC,
+                    shard=(i, 2),
+                    executor="ray",
+                    ray_actors=2,
+                )
+            )
+    finally:
+        ray.shutdown()
+    for t in ("rows", "stats", "examples", "tokens"):
+        for i in (0, 1):
+            name = f"shard-{i:05d}-of-00002.parquet"
+            assert _table(remote / t / name).equals(_table(local / t / name)), (t, i)
+    merge(local, quiet=True)
+    merge(remote, quiet=True)
+    for rel, sid in (RES, TC):
+        assert _sha(examples_path(remote, rel, sid)) == _sha(examples_path(local, rel, sid))

@@ -51,7 +51,8 @@ def norm_gain(norm: torch.nn.Module, d: int) -> torch.Tensor:
     x = torch.eye(d, dtype=dtype, device=p.device if p is not None else "cpu") * d**0.5
     with torch.no_grad():
         y = norm(x)
-    return (torch.diagonal(y) / d**0.5).float()
+    g: torch.Tensor = (torch.diagonal(y) / d**0.5).float()
+    return g
 
 
 def _decoder(hf: Any, model_key: str) -> Any:
@@ -68,7 +69,7 @@ def residual_directions(
     blk = _decoder(hf, model_key).layers[layer]
     o = blk.self_attn.o_proj
     with torch.no_grad():
-        r = o(w.to(o.weight.dtype)).float()
+        r: torch.Tensor = o(w.to(o.weight.dtype)).float()
     return r * norm_gain(blk.post_attention_layernorm, r.shape[-1])
 
 

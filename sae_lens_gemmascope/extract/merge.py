@@ -241,7 +241,9 @@ def merge(out: str | os.PathLike[str], *, device: str = "cpu", quiet: bool = Fal
         path = examples_path(out, info["release"], info["sae_id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         # one metadata key: safetensors writes several in no fixed order, and the file must be reproducible
-        meta = {"gemmascope_extract": json.dumps({"n_tokens": acc.n_tokens, "top_n": acc.top_n}, sort_keys=True)}
+        meta = {
+            "gemmascope_extract": json.dumps({"n_tokens": acc.n_tokens, "top_n": acc.top_n}, sort_keys=True)
+        }
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp), metadata=meta)
         written.append(str(path))

@@ -154,7 +154,7 @@ def run_ray(
         items = [{"block": pickle.dumps(b)} for b in blocks]
         docs = docs_in_shard(total, batch_size=spec.batch_size, shard=(i, n)) if total is not None else None
         bar = progress(docs, f"{shard_name(i, n)} (ray, {actors} actors)") if not quiet else None
-        with shard_writer(spec, i, n, slots) as w:  # type: ignore[arg-type]
+        with shard_writer(spec, i, n, slots) as w:
             if items:
                 ds = ray.data.from_items(items).map_batches(
                     BlockActor,

@@ -145,18 +145,18 @@ class Extractor:
         lens = torch.tensor([len(x) for x in block.ids])
         t = int(lens.max())
         ids = torch.full((len(block.ids), t), self.pad, dtype=torch.long)
-        for b, x in enumerate(block.ids):
-            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+        for b, doc in enumerate(block.ids):
+            ids[b, : len(doc)] = torch.tensor(doc, dtype=torch.long)
         acts = self.forward(ids)
         valid = torch.arange(t)[None, :] < lens[:, None]
         seq_grid = torch.tensor(block.seqs, dtype=torch.int64)[:, None].expand(-1, t)
         pos_grid = torch.arange(t, dtype=torch.int64)[None, :].expand(len(block.ids), -1)
         out = []
-        for s in self.slots:
-            x = acts[s.point]
-            bad = untrained_positions(x, ids, bos_token_id=self.bos, prefix_len=s.zero_prefix)
+        for slot in self.slots:
+            x = acts[slot.point]
+            bad = untrained_positions(x, ids, bos_token_id=self.bos, prefix_len=slot.zero_prefix)
             keep = valid if bad is None else valid & ~bad.cpu()
-            out.append(self._encode(s, x[keep.to(x.device)], seq_grid[keep], pos_grid[keep]))
+            out.append(self._encode(slot, x[keep.to(x.device)], seq_grid[keep], pos_grid[keep]))
         return BlockResult(block.index, block.seqs, block.ids, out, int(lens.sum()))
 
     def _encode(self, s: SaeSlot, x: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> SaeResult:

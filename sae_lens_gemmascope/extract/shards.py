@@ -36,7 +36,7 @@ from typing import Any
 from .spec import ExtractSpec, JobMismatchError, job_file, read_job
 
 TABLES = ("rows", "stats", "examples", "tokens")
-_ROW_GROUP = 1 << 20
+_ROW_GROUP = 1 << 18  # rows per Parquet row group (and per flush of the open shard file)
 
 
 def shard_name(i: int, n: int) -> str:

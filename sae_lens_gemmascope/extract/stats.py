@@ -58,11 +58,11 @@ class FeatureStats:
     def __init__(self, d_sae: int, top_n: int = 1000, device: str | torch.device = "cpu") -> None:
         self.d_sae, self.top_n, self.device = int(d_sae), int(top_n), torch.device(device)
         self.n_tokens = 0
-        z = dict(device=self.device)
-        self.count = torch.zeros(d_sae, dtype=torch.int64, **z)  # type: ignore[arg-type]
-        self.sum_fx = torch.zeros(d_sae, dtype=torch.int64, **z)  # type: ignore[arg-type]
-        self.max = torch.zeros(d_sae, dtype=torch.float32, **z)  # type: ignore[arg-type]
-        self.hist = torch.zeros(d_sae * N_BINS, dtype=torch.int64, **z)  # type: ignore[arg-type]
+        dev = self.device
+        self.count = torch.zeros(d_sae, dtype=torch.int64, device=dev)
+        self.sum_fx = torch.zeros(d_sae, dtype=torch.int64, device=dev)
+        self.max = torch.zeros(d_sae, dtype=torch.float32, device=dev)
+        self.hist = torch.zeros(d_sae * N_BINS, dtype=torch.int64, device=dev)
         self._edges = torch.tensor(HIST_EDGES, dtype=torch.float64, device=self.device)
         self._thr = torch.full((d_sae,), -float("inf"), dtype=torch.float32, device=self.device)
         self._cand: list[tuple[torch.Tensor, ...]] = []
@@ -139,7 +139,8 @@ class FeatureStats:
     @property
     def sum(self) -> np.ndarray:
         """The sums of the activations (float64, from the fixed-point sums)."""
-        return self.sum_fx.cpu().numpy().astype(np.float64) / 2.0**SUM_BITS
+        out: np.ndarray = self.sum_fx.cpu().numpy().astype(np.float64) / 2.0**SUM_BITS
+        return out
 
     def stats_table(self, extra: dict[str, Any] | None = None) -> Any:
         """A ``pyarrow.Table``: one row per feature that fired (``feature, count, sum_fx, max, hist``)."""
