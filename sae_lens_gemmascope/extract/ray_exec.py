@@ -102,9 +102,17 @@ def _widths(spec: ExtractSpec) -> list[int]:
     out = []
     for e in entries_of(spec):
         path = fetch(e, PARAMS_FILE[e.format], cache_dir=spec.cache_dir)
-        if e.format == "gs1_npz":
-            with np.load(path, mmap_mode="r") as z:
-                out.append(int(z["W_enc"].shape[1]))
+        if e.format == "gs1_npz":  # the .npy header inside the zip: no array data read
+            import zipfile
+
+            with zipfile.ZipFile(path) as zf, zf.open("W_enc.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                out.append(int(read(f)[0][1]))
         else:
             from safetensors import safe_open
 
