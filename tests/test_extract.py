@@ -350,6 +350,15 @@ def test_topk_rows_equal_float64_reference_and_no_bos(hf_cache, model_dirs, corp
         assert int(np.min(mine["pos"].to_numpy())) >= 1  # <bos> is never a row
         ref = reference_features(model_dirs[family], hf_cache, rel, sid, docs)
         assert check_topk(mine, ref, k) > 50
+    if family == "gemma2":  # Gemma Scope 1 ships no examples file: merge makes one in the GS2 layout
+        from safetensors import safe_open
+
+        from sae_lens_gemmascope.extract.merge import EXAMPLE_KEYS, examples_path, merge
+
+        merge(out, quiet=True)
+        with safe_open(str(examples_path(out, *GS1)), framework="numpy") as f:
+            assert set(f.keys()) == set(EXAMPLE_KEYS)
+            assert f.get_slice("activations").get_shape() == [WIDTH[GS1], 5]
 
 
 def test_it_transcoder_skips_the_chat_prefix(hf_cache, model_dirs, tmp_path):
