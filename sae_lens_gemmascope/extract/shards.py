@@ -274,6 +274,7 @@ def run_extract(spec: ExtractSpec, *, quiet: bool = False) -> dict[str, Any]:
         from .ray_exec import run_ray
 
         result["markers"] = run_ray(spec, n, todo, quiet=quiet)
+        _summary(spec, n, quiet)
         return result
     from .corpus import count_docs, iter_blocks
     from .runner import Extractor
@@ -314,4 +315,15 @@ def run_extract(spec: ExtractSpec, *, quiet: bool = False) -> dict[str, Any]:
                 result["markers"].append(w.commit())
             if bar is not None:
                 bar.close()
+    _summary(spec, n, quiet)
     return result
+
+
+def _summary(spec: ExtractSpec, n: int, quiet: bool) -> None:
+    if quiet:
+        return
+    left = [i for i in range(n) if not is_done(spec.out, i, n)]
+    print(
+        f"{spec.out}: {n - len(left)}/{n} shards finished"
+        + (f"; merge with: gemmascope merge {spec.out}" if not left else f"; still to run: {left[:8]}")
+    )
