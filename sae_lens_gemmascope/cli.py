@@ -251,6 +251,21 @@ def cmd_check_hub(args: argparse.Namespace) -> int:
     return cli_check_hub(args)
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .extract.shards import run_extract
+    from .extract.spec import spec_from_args
+
+    run_extract(spec_from_args(args))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .extract.merge import merge
+
+    merge(args.dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gemmascope",
@@ -342,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replay", default=None, help="directory of recorded hub listings (offline)")
     s.add_argument("--registry-dir", default=None)
     s.set_defaults(func=cmd_check_hub)
+
+    from .extract.spec import add_arguments as add_extract_arguments
+
+    s = sub.add_parser("extract", help="Gemma Scope features over a corpus, as Parquet shards (resumable)")
+    add_extract_arguments(s)
+    s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("merge", help="merge extract shards; write examples.safetensors per SAE")
+    s.add_argument("dir", metavar="DIR")
+    s.set_defaults(func=cmd_merge)
     return p
 
 
