@@ -95,29 +95,15 @@ def _init(spec: ExtractSpec) -> Any:
 
 def _widths(spec: ExtractSpec) -> list[int]:
     """``d_sae`` of every SAE, from the file header (no weights read)."""
+    from ..artifacts import dims_of, params_file
     from ..hub import fetch
-    from ..loading import PARAMS_FILE
+    from ..reading import open_weights
     from .setup import entries_of
 
     out = []
     for e in entries_of(spec):
-        path = fetch(e, PARAMS_FILE[e.format], cache_dir=spec.cache_dir)
-        if e.format == "gs1_npz":  # the .npy header inside the zip: no array data read
-            import zipfile
-
-            with zipfile.ZipFile(path) as zf, zf.open("W_enc.npy") as f:
-                version = np.lib.format.read_magic(f)
-                read = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                out.append(int(read(f)[0][1]))
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                out.append(int(f.get_slice("w_enc").get_shape()[1]))
+        f = open_weights(e, fetch(e, params_file(e), cache_dir=spec.cache_dir))
+        out.append(dims_of(e, f.shapes())["d_sae"])
     return out
 
 
