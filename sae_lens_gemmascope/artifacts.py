@@ -91,6 +91,23 @@ class Entry(Protocol):
 CONFIG_FILE = "config.json"
 EXAMPLES_FILE = "examples.safetensors"
 
+#: The tensors of an ``examples.safetensors``: key -> (safetensors dtype, shape in symbols). W = d_sae,
+#: K = examples per feature (1000 in the official files), T = logit tokens per feature (10), N x C = the
+#: token corpus. From gemma-scope-2.md §2.3 (1b-pt asset check). Read by ``evidence``, written by
+#: ``extract.merge`` and the offline sandbox.
+EXAMPLES_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "activations": ("F32", ("W", "K")),
+    "seq_ids": ("I64", ("W", "K")),
+    "positions": ("I32", ("W", "K")),
+    "logit_effects": ("F32", ("W", "K")),
+    "top_tokens": ("I32", ("W", "T")),
+    "top_logits": ("F32", ("W", "T")),
+    "bottom_tokens": ("I32", ("W", "T")),
+    "bottom_logits": ("F32", ("W", "T")),
+    "feature_frequencies": ("F64", ("W",)),
+    "tokens": ("I32", ("N", "C")),
+}
+
 #: Every Gemma Scope weight file stores float32 (safetensors dtype tag / numpy dtype string).
 STORED_DTYPE = "F32"
 #: JumpReLU thresholds are held in float32 whatever dtype the other weights are loaded in.

@@ -13,8 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from ..artifacts import EXAMPLES_FILE
 from .examples import (
-    EXAMPLES_FILE,
     Example,
     Examples,
     ExamplesNotAvailableError,

@@ -67,26 +67,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import EXAMPLES_FILE, EXAMPLES_TENSORS
 from ..errors import CorruptArtifactError, GemmaScopeError, ShapeMismatchError
 from ..registry import Entry
 from .vocab import Vocab, vocab_for
-
-EXAMPLES_FILE = "examples.safetensors"
-
-#: key -> (safetensors dtype, shape in symbols). W = d_sae, K = examples per feature, T = logit
-#: tokens per feature, N x C = the token corpus. From gemma-scope-2.md §2.3 (1b-pt asset check).
-EXAMPLES_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "activations": ("F32", ("W", "K")),
-    "seq_ids": ("I64", ("W", "K")),
-    "positions": ("I32", ("W", "K")),
-    "logit_effects": ("F32", ("W", "K")),
-    "top_tokens": ("I32", ("W", "T")),
-    "top_logits": ("F32", ("W", "T")),
-    "bottom_tokens": ("I32", ("W", "T")),
-    "bottom_logits": ("F32", ("W", "T")),
-    "feature_frequencies": ("F64", ("W",)),
-    "tokens": ("I32", ("N", "C")),
-}
 
 #: Default window: tokens shown before and after the active token.
 WINDOW = (16, 4)

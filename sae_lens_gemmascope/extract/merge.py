@@ -33,22 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts import EXAMPLES_TENSORS
 from .shards import atomic_path, marker_path, shard_name, table_path
 from .spec import ExtractError, ExtractSpec, read_job
 from .stats import FeatureStats
 
-EXAMPLE_KEYS = (
-    "activations",
-    "seq_ids",
-    "positions",
-    "logit_effects",
-    "top_tokens",
-    "bottom_tokens",
-    "top_logits",
-    "bottom_logits",
-    "feature_frequencies",
-    "tokens",
-)
+EXAMPLE_KEYS = tuple(EXAMPLES_TENSORS)  # the Gemma Scope 2 layout (artifacts.EXAMPLES_TENSORS)
 
 
 def examples_path(out: str | os.PathLike[str], release: str, sae_id: str) -> Path:
