@@ -127,7 +127,8 @@ class GemmaScopeTranscoder(SingleLayerTranscoder):  # type: ignore[misc,unused-i
         if "W_dec" in self._parameters:
             w = self._parameters["W_dec"]
             assert w is not None
-            return w if feat_ids is None else w[torch.as_tensor(feat_ids, device=w.device)]
+            rows: torch.Tensor = w if feat_ids is None else w[torch.as_tensor(feat_ids, device=w.device)]
+            return rows
         if feat_ids is None:
             return self._read("dec")
         rows = self._file.read_rows(self._names["dec"], feat_ids)
@@ -252,7 +253,8 @@ class GemmaScopeCLT(CrossLayerTranscoder):  # type: ignore[misc,unused-ignore]
 
     def apply_activation_function(self, layer_id: int, features: torch.Tensor) -> torch.Tensor:
         mask = features > self.activation_function.threshold[layer_id]
-        return torch.relu(features) * mask.to(features.dtype)
+        out: torch.Tensor = torch.relu(features) * mask.to(features.dtype)
+        return out
 
     def compute_skip(self, layer_id: int, inputs: torch.Tensor) -> torch.Tensor:
         if not self.skip_connection:
