@@ -252,7 +252,7 @@ def cmd_check_hub(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .extract.shards import run_extract
+    from .extract.run import run_extract
     from .extract.spec import spec_from_args
 
     run_extract(spec_from_args(args))

@@ -79,7 +79,7 @@ def _spec(out: Path, model: Path, corpus: Path, *saes: tuple[str, str], **kw: An
 
 
 def _run(spec: Any) -> dict[str, Any]:
-    from sae_lens_gemmascope.extract.shards import run_extract
+    from sae_lens_gemmascope.extract.run import run_extract
 
     return run_extract(spec, quiet=True)
 

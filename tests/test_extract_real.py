@@ -37,7 +37,7 @@ def test_real_270m_default_model_rows_equal_float64_reference(hf_cache, tmp_path
     from test_extract import _raw_params, _table, check_topk
 
     from sae_lens_gemmascope.extract.merge import examples_path, merge
-    from sae_lens_gemmascope.extract.shards import run_extract
+    from sae_lens_gemmascope.extract.run import run_extract
     from sae_lens_gemmascope.extract.spec import ExtractSpec
     from sae_lens_gemmascope.hooks import hook_for
 

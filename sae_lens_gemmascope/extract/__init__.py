@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .merge import merge
-    from .shards import run_extract
+    from .run import run_extract
     from .spec import ExtractSpec
 
 __all__ = ["ExtractSpec", "merge", "run_extract"]
 
-_LAZY = {"ExtractSpec": ".spec", "run_extract": ".shards", "merge": ".merge"}
+_LAZY = {"ExtractSpec": ".spec", "run_extract": ".run", "merge": ".merge"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Shard output, resume, and the local executor (:func:`run_extract`).
+"""Shard output and resume: atomic publication of shard tables, markers and the job file.
 
 Layout of ``DIR`` (each table a directory of Parquet files that pandas, pyarrow and duckdb read
 directly, e.g. ``pandas.read_parquet("DIR/rows")`` or ``SELECT * FROM 'DIR/rows/*.parquet'``)::
@@ -254,76 +254,3 @@ def progress(total_docs: int | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total_docs, desc=desc, unit="doc", dynamic_ncols=True, smoothing=0.1)
-
-
-def run_extract(spec: ExtractSpec, *, quiet: bool = False) -> dict[str, Any]:
-    """Run the shards of ``spec`` that are not finished (``--executor local`` or ``ray``).
-
-    Returns ``{"out", "n_shards", "ran", "skipped", "markers"}``.
-    """
-    n, todo = prepare_job(spec)
-    wanted = [spec.shard[0]] if spec.shard else list(range(n))
-    skipped = [i for i in wanted if i not in todo]
-    result: dict[str, Any] = {"out": spec.out, "n_shards": n, "ran": todo, "skipped": skipped, "markers": []}
-    if not quiet:
-        for i in skipped:
-            print(f"{shard_name(i, n)}: finished already, skipped")
-    if not todo:
-        return result
-    if spec.executor == "ray":
-        from .ray_exec import run_ray
-
-        result["markers"] = run_ray(spec, n, todo, quiet=quiet)
-        _summary(spec, n, quiet)
-        return result
-    from .corpus import count_docs, iter_blocks
-    from .runner import Extractor
-    from .setup import check_compatible, entries_of, load_model, load_saes, resolve_device
-
-    device = resolve_device(spec.device)
-    entries = entries_of(spec)
-    hf, tok, notes = load_model(spec, entries, device)
-    if not quiet:
-        for note in notes:
-            print(f"note: {note}")
-    slots = load_saes(spec, entries, device)
-    check_compatible(hf, slots)
-    total = count_docs(spec.text, spec.dataset, spec.split)
-    with Extractor(hf, tok, slots, spec.top_k) as ex:
-        for i in todo:
-            docs = (
-                docs_in_shard(total, batch_size=spec.batch_size, shard=(i, n)) if total is not None else None
-            )
-            bar = progress(docs, shard_name(i, n)) if not quiet else None
-            with shard_writer(spec, i, n, slots) as w:
-                blocks = iter_blocks(
-                    spec.text,
-                    spec.dataset,
-                    spec.split,
-                    spec.column,
-                    tok,
-                    ctx=spec.ctx,
-                    batch_size=spec.batch_size,
-                    shard=(i, n),
-                )
-                for block in blocks:
-                    w.add(ex.run(block))
-                    if bar is not None:
-                        bar.update(len(block.seqs))
-                        rate = w.n_tokens / max(1e-9, time.perf_counter() - w.t0)
-                        bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
-                result["markers"].append(w.commit())
-            if bar is not None:
-                bar.close()
-    _summary(spec, n, quiet)
-    return result
-
-
-def _summary(spec: ExtractSpec, n: int, quiet: bool) -> None:
-    if quiet:
-        return
-    left = [i for i in range(n) if not is_done(spec.out, i, n)]
-    print(
-        f"{spec.out}: {n - len(left)}/{n} shards finished"
-        + (f"; merge with: gemmascope merge {spec.out}" if not left else f"; still to run: {left[:8]}")
-    )
