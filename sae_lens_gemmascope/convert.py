@@ -8,8 +8,10 @@ tensors to read and how:
   (``W_dec``, ``b_dec`` and the skip ``W_skip``);
 * ``latents``: a slice or list of latent ids, read in the order given (every other latent is never
   read from disk);
-* ``mmap=True``: zero-copy, copy-on-write views of the cached file (memory grows with the pages
-  touched); else each tensor is read straight into its final buffer in the requested dtype;
+* on CPU in float32, each weight matrix is a private copy-on-write mapping of the cached file whose
+  pages are all read at load (peak RSS = the weights; writes never reach the file); ``mmap=True``
+  reads nothing until used (memory grows with the pages touched); other dtypes, devices and latent
+  selections are read straight into their final buffers;
 * ``verify``: ``"default"`` refuses NaN/inf in the small tensors (biases and thresholds) and
   negative thresholds; ``"full"`` also scans every matrix for NaN/inf (one more pass over the
   weights, about the cost of reading them from the page cache); ``"none"`` checks structure only.
@@ -189,12 +191,26 @@ def read_state_dict(
             # out in hook_embed space too, so W_dec **and** b_dec are multiplied by sqrt(d) (SAELens
             # 6.54.12 forgets b_dec).
             s = {"W_enc": 1.0 / scale, "W_dec": scale, "b_dec": scale}.get(key)
-        zero_copy = mmap and sel is None and s is None and key != "W_skip"
+        on_cpu = torch.device(device).type == "cpu"
+        stored_f32 = f.dtypes()[name] == "F32"
+        # Default on CPU, whole float32 matrices: a private copy-on-write mapping of the cached file,
+        # populated now (every page read; writes never reach the file). Copying into fresh anonymous
+        # memory costs a page fault per 4 KB on top of the read (bench/bench_load.py). mmap=True maps
+        # every tensor and reads nothing until used.
+        mappable = f.stored(name).offset is not None  # a compressed npz member is not
+        populate = (
+            not mmap and on_cpu and stored_f32 and mappable and want == torch.float32 and len(spec.shape) == 2
+        )
+        zero_copy = (mmap or populate) and sel is None and s is None
         if zero_copy:
             t = f.memory_map(name)
+            if populate and verify != "full":
+                t.sum()  # touch every page now: the load reads the whole tensor, as a copy would
             _check_values(name, t, f, verify)
             if t.dtype != want:  # a float64 file accepted with check_dtypes=False
                 t = t.to(want)
+            if key == "W_skip":
+                t = t.T
         else:
             t = f.read(
                 name, latents=sel, axis=spec.latent_axis, dtype=torch.float32 if s is not None else want
@@ -203,7 +219,7 @@ def read_state_dict(
             if s is not None:
                 t = (t * s).to(want)
             if key == "W_skip":
-                t = t.T if mmap else t.T.contiguous()
+                t = t.T.contiguous()
         if torch.device(device).type != "cpu":
             t = t.to(device)
         out[key] = Fp32Parameter(t) if spec.is_threshold else t

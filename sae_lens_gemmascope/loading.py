@@ -306,10 +306,11 @@ def load(
       :class:`~sae_lens_gemmascope.partial.SAEDecoder` (``.decode(f)``).
     * ``latents``: a slice or a list of latent ids; exactly those latents are read, in the order given
       (``cfg.d_sae`` is their number, ``cfg.metadata.gemmascope_latents`` lists them).
-    * ``mmap=True`` (CPU, float32): tensors are copy-on-write views of the cached file: nothing is read
-      until used and memory grows with the pages touched. Default: every tensor is read straight into
-      its own buffer, in ``dtype`` (``"bfloat16"`` converts while reading; the JumpReLU threshold stays
-      float32).
+    * Default on CPU in float32: each weight matrix is a private, copy-on-write mapping of the cached
+      file whose pages are all read now (memory = the weights; in-place edits never reach the file).
+      ``mmap=True``: the same mappings, but nothing is read until used (memory grows with the pages
+      touched). Other dtypes (``"bfloat16"`` converts while reading; the JumpReLU threshold stays
+      float32), devices and ``latents=`` selections are read straight into their own buffers.
     * ``verify``: ``"default"`` refuses NaN/inf in biases and thresholds and negative thresholds;
       ``"full"`` also scans every matrix for NaN/inf (one more pass over the weights); ``"none"``
       checks only structure (names, dtypes, shapes, which are always checked before any data is read).
