@@ -172,7 +172,8 @@ def _rows_raw(st: StoredTensor, rows: list[int] | None, n_rows: int, row_elems: 
             d, f, k = job
             _pread_into(fd, flat[d : d + k], f, st)
 
-        if len(jobs) > 1 and READ_THREADS > 1:
+        # threads pay off for large reads; many small runs (decoder rows) go faster in one thread
+        if len(jobs) > 1 and READ_THREADS > 1 and sum(j[2] for j in jobs) >= len(jobs) * (1 << 20):
             with ThreadPoolExecutor(READ_THREADS) as ex:
                 list(ex.map(one, jobs))
         else:
