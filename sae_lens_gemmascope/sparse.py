@@ -6,6 +6,7 @@ so that no dense block larger than ``token_chunk x latent_chunk`` ever exists:
 
 * :func:`encode_topk` -> ``(values, indices)`` like ``torch.topk`` over the latent axis;
 * :func:`encode_sparse` -> a ``torch.sparse_coo_tensor`` of every non-zero feature;
+* :func:`encode_codes` -> both at once, from one pass (what ``gemmascope extract`` stores);
 * :func:`decode_sparse` -> ``f @ W_dec + b_dec`` from sparse features, through
   ``torch.nn.functional.embedding_bag`` (a weighted sum of the active decoder rows).
 
@@ -28,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -70,6 +71,75 @@ def _chunk_features(
     return pre.masked_fill_(~(pre > thr[a:z]), 0).relu_()
 
 
+class Codes(NamedTuple):
+    """Features of ``n`` input vectors from one pass over the latents (:func:`encode_codes`).
+
+    ``values`` / ``indices`` ``[n, k]``: each vector's top ``k``, as :func:`encode_topk`;
+    ``nz_row`` / ``nz_feature`` / ``nz_value`` ``[nnz]``: every non-zero activation (vector, latent,
+    value), ordered by latent chunk, then vector, then latent.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    nz_row: torch.Tensor
+    nz_feature: torch.Tensor
+    nz_value: torch.Tensor
+
+
+def _scan(
+    sae: Any, x: torch.Tensor, k: int | None, nonzeros: bool, latent_chunk: int, token_chunk: int
+) -> tuple[Codes, tuple[int, ...], int]:
+    """The one chunked JumpReLU pass behind :func:`encode_topk`, :func:`encode_sparse` and
+    :func:`encode_codes`: ``(codes over the flattened input, leading shape, d_sae)``."""
+    w, b, thr = _encoder_parts(sae)
+    d_in, d_sae = int(w.shape[0]), int(w.shape[1])
+    if k is not None and not 0 < k <= d_sae:
+        raise InvalidArgumentError(f"k={k} must be in 1..{d_sae} (the SAE's number of latents).")
+    if latent_chunk < 1 or token_chunk < 1:
+        raise InvalidArgumentError(
+            f"latent_chunk={latent_chunk} and token_chunk={token_chunk} must both be at least 1."
+        )
+    xf, lead = _flat_input(sae, x, d_in)
+    xf = xf.to(device=w.device, dtype=w.dtype)
+    n, kk = xf.shape[0], k or 0
+    out_v = torch.empty((n, kk), dtype=w.dtype, device=w.device)
+    out_i = torch.empty((n, kk), dtype=torch.long, device=w.device)
+    rows: list[torch.Tensor] = []
+    cols: list[torch.Tensor] = []
+    vals: list[torch.Tensor] = []
+    for t0 in range(0, n, token_chunk):
+        xt = xf[t0 : t0 + token_chunk]
+        best_v: torch.Tensor | None = None
+        best_i: torch.Tensor | None = None
+        for a in range(0, d_sae, latent_chunk):
+            z = min(d_sae, a + latent_chunk)
+            f = _chunk_features(xt, w, b, thr, a, z)
+            if nonzeros:
+                r, c = torch.nonzero(f, as_tuple=True)
+                rows.append(r + t0)
+                cols.append(c + a)
+                vals.append(f[r, c])
+            if not kk:
+                continue
+            v, i = torch.topk(f, min(kk, z - a), dim=-1)
+            i = i + a
+            if best_v is None or best_i is None:
+                best_v, best_i = v, i
+            else:  # keep the running top k (ties: lower id first, as in one dense topk)
+                cat_v, cat_i = torch.cat([best_v, v], -1), torch.cat([best_i, i], -1)
+                sel = torch.topk(cat_v, min(kk, cat_v.shape[-1]), dim=-1).indices
+                best_v, best_i = cat_v.gather(-1, sel), cat_i.gather(-1, sel)
+        if best_v is not None and best_i is not None:
+            out_v[t0 : t0 + xt.shape[0]] = best_v
+            out_i[t0 : t0 + xt.shape[0]] = best_i
+
+    def cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.empty(0, dtype=dtype, device=w.device)
+
+    codes = Codes(out_v, out_i, cat(rows, torch.long), cat(cols, torch.long), cat(vals, w.dtype))
+    return codes, lead, d_sae
+
+
 @torch.no_grad()
 def encode_topk(
     sae: Any,
@@ -86,35 +156,8 @@ def encode_topk(
     with valid but meaningless ids (filter with ``values > 0``). Memory beyond the weights:
     ``token_chunk x (latent_chunk + k)`` values.
     """
-    w, b, thr = _encoder_parts(sae)
-    d_in, d_sae = int(w.shape[0]), int(w.shape[1])
-    if not 0 < k <= d_sae:
-        raise InvalidArgumentError(f"k={k} must be in 1..{d_sae} (the SAE's number of latents).")
-    xf, lead = _flat_input(sae, x, d_in)
-    xf = xf.to(device=w.device, dtype=w.dtype)
-    n = xf.shape[0]
-    out_v = torch.empty((n, k), dtype=w.dtype, device=w.device)
-    out_i = torch.empty((n, k), dtype=torch.long, device=w.device)
-    for t0 in range(0, n, token_chunk):
-        xt = xf[t0 : t0 + token_chunk]
-        best_v: torch.Tensor | None = None
-        best_i: torch.Tensor | None = None
-        for a in range(0, d_sae, latent_chunk):
-            z = min(d_sae, a + latent_chunk)
-            f = _chunk_features(xt, w, b, thr, a, z)
-            kk = min(k, z - a)
-            v, i = torch.topk(f, kk, dim=-1)
-            i = i + a
-            if best_v is None or best_i is None:
-                best_v, best_i = v, i
-            else:  # keep the running top k (ties: lower id first, as in one dense topk)
-                cat_v, cat_i = torch.cat([best_v, v], -1), torch.cat([best_i, i], -1)
-                sel = torch.topk(cat_v, min(k, cat_v.shape[-1]), dim=-1).indices
-                best_v, best_i = cat_v.gather(-1, sel), cat_i.gather(-1, sel)
-        assert best_v is not None and best_i is not None
-        out_v[t0 : t0 + xt.shape[0]] = best_v
-        out_i[t0 : t0 + xt.shape[0]] = best_i
-    return out_v.reshape(*lead, k), out_i.reshape(*lead, k)
+    codes, lead, _ = _scan(sae, x, k, False, latent_chunk, token_chunk)
+    return codes.values.reshape(*lead, k), codes.indices.reshape(*lead, k)
 
 
 @torch.no_grad()
@@ -127,25 +170,37 @@ def encode_sparse(
 ) -> torch.Tensor:
     """Every non-zero feature of ``x`` (``[..., d_in]``) as a coalesced ``torch.sparse_coo_tensor``
     of shape ``[..., d_sae]``; ``.to_dense()`` equals ``sae.encode(x)``."""
-    w, b, thr = _encoder_parts(sae)
-    d_in, d_sae = int(w.shape[0]), int(w.shape[1])
-    xf, lead = _flat_input(sae, x, d_in)
-    xf = xf.to(device=w.device, dtype=w.dtype)
-    rows, cols, vals = [], [], []
-    for t0 in range(0, xf.shape[0], token_chunk):
-        xt = xf[t0 : t0 + token_chunk]
-        for a in range(0, d_sae, latent_chunk):
-            f = _chunk_features(xt, w, b, thr, a, min(d_sae, a + latent_chunk))
-            r, c = torch.nonzero(f, as_tuple=True)
-            rows.append(r + t0)
-            cols.append(c + a)
-            vals.append(f[r, c])
-    r_all = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=w.device)
-    c_all = torch.cat(cols) if cols else torch.empty(0, dtype=torch.long, device=w.device)
-    v_all = torch.cat(vals) if vals else torch.empty(0, dtype=w.dtype, device=w.device)
+    codes, lead, d_sae = _scan(sae, x, None, True, latent_chunk, token_chunk)
+    r_all, c_all = codes.nz_row, codes.nz_feature
     idx = torch.stack([*torch.unravel_index(r_all, lead), c_all]) if lead else c_all[None]
-    shape = (*lead, d_sae)
-    return torch.sparse_coo_tensor(idx, v_all, shape).coalesce()
+    return torch.sparse_coo_tensor(idx, codes.nz_value, (*lead, d_sae)).coalesce()
+
+
+@torch.no_grad()
+def encode_codes(
+    sae: Any,
+    x: torch.Tensor,
+    k: int,
+    *,
+    latent_chunk: int = LATENT_CHUNK,
+    token_chunk: int = TOKEN_CHUNK,
+) -> Codes:
+    """Each vector's top ``k`` features *and* every non-zero one, from a single encoder pass.
+
+    ``x`` is ``[n, d_in]`` (or ``[..., d_in]``, flattened: ``nz_row`` indexes the flattened rows).
+    ``values`` / ``indices`` equal :func:`encode_topk`'s; the non-zeros equal :func:`encode_sparse`'s
+    (unsorted). This is what ``gemmascope extract`` stores: top-``k`` rows and exact statistics.
+
+    Example:
+        >>> import torch
+        >>> from sae_lens_gemmascope.partial import SAEEncoder
+        >>> enc = SAEEncoder(torch.eye(3), torch.zeros(3), torch.full((3,), 0.1), cfg=None)
+        >>> c = encode_codes(enc, torch.tensor([[0.5, 0.05, 2.0]]), k=1)
+        >>> c.values.tolist(), c.indices.tolist(), c.nz_feature.tolist(), c.nz_value.tolist()
+        ([[2.0]], [[2]], [0, 2], [0.5, 2.0])
+    """
+    codes, _, _ = _scan(sae, x, k, True, latent_chunk, token_chunk)
+    return codes
 
 
 @torch.no_grad()

@@ -180,6 +180,30 @@ def test_encode_sparse_equals_saelens_dense_encode(hf_cache, no_network):
     _assert_features(sp.to_dense().reshape(10, D_SAE), ref, pre, raw["threshold"], 1e-5)
 
 
+def test_encode_codes_top_k_and_every_nonzero_match_float64(hf_cache, no_network):
+    from sae_lens_gemmascope.sparse import encode_codes
+
+    raw = _write(hf_cache, GS2_SAE, seed=3)
+    enc = load(*GS2_SAE, parts="encoder", check_shapes=False)
+    x = _x(640, n=11, seed=5)
+    ref, pre = _ref_features(raw, x)
+    k = 4
+    c = encode_codes(enc, torch.tensor(x, dtype=torch.float32), k, latent_chunk=10, token_chunk=3)
+    assert c.values.shape == c.indices.shape == (11, k)
+    # every non-zero exactly once, at its (row, latent), with the float64 value
+    got = np.zeros_like(ref)
+    np.add.at(got, (c.nz_row.numpy(), c.nz_feature.numpy()), c.nz_value.double().numpy())
+    pairs = c.nz_row.numpy() * D_SAE + c.nz_feature.numpy()
+    assert len(np.unique(pairs)) == len(pairs) and (c.nz_value > 0).all()
+    _assert_features(torch.from_numpy(got), ref, pre, raw["threshold"], 1e-5)
+    # the top k of each row are the k largest of the float64 reference
+    vals = c.values.double().numpy()
+    for t in range(11):
+        order = np.sort(ref[t])[::-1][:k]
+        assert np.abs(vals[t] - order).max() < 1e-5 * max(1.0, order.max())
+        np.testing.assert_allclose(vals[t], ref[t][c.indices[t].numpy()], atol=1e-5 * max(1.0, order.max()))
+
+
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
 def test_decode_sparse_matches_float64(hf_cache, no_network, dtype, tol):
     raw = _write(hf_cache, GS2_TC)

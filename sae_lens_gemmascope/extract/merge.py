@@ -216,7 +216,7 @@ def merge(out: str | os.PathLike[str], *, device: str = "cpu", quiet: bool = Fal
     _write_table(pa.concat_tables(ex), out / "merged" / "examples.parquet")
     entries = entries_of(spec)
     hf, tok, _ = load_model(spec, entries, device)
-    slots = load_saes(spec, entries, device)
+    slots = load_saes(spec, entries, device, parts="decoder")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     tokens, lengths = corpus_tokens(out, int(job["identity"]["n_shards"]), pad)
     written = []

@@ -4,17 +4,19 @@
 and a hook on the deepest layer needed that raises, so the pass stops there (no later layer, no
 unembedding). For each SAE it keeps the tokens Gemma Scope was trained on
 (:func:`sae_lens_gemmascope.attach.untrained_positions`: no ``<bos>``, no IT chat prefix for IT
-transcoders, no padding) and encodes them in chunks of tokens with :func:`sparse_codes`, the single
-place that turns activations into features.
+transcoders, no padding) and encodes them with :func:`sae_lens_gemmascope.sparse.encode_codes`: one
+chunked pass that yields each token's top ``K`` (the rows) and every non-zero (the statistics), with no
+dense ``[tokens, d_sae]`` tensor.
 
 Example (a tiny random model and SAE; ``tests/test_extract.py`` has the numbers):
     >>> import torch
     >>> from sae_lens_gemmascope.extract.corpus import Block
-    >>> from sae_lens_gemmascope.extract.runner import Extractor, sparse_codes
+    >>> from sae_lens_gemmascope.extract.runner import Extractor
     >>> from sae_lens_gemmascope.offline.tiny import random_sae
+    >>> from sae_lens_gemmascope.sparse import encode_codes
     >>> sae = random_sae("gemma-3-270m", "resid_post", 0, d_in=4, d_sae=6)
-    >>> codes = sparse_codes(sae, torch.randn(3, 4), k=2)
-    >>> tuple(codes.top_values.shape), bool((codes.top_values[:, 0] >= codes.top_values[:, 1]).all())
+    >>> codes = encode_codes(sae, torch.randn(3, 4), k=2)
+    >>> tuple(codes.values.shape), bool((codes.values[:, 0] >= codes.values[:, 1]).all())
     ((3, 2), True)
 """
 
@@ -27,40 +29,17 @@ from typing import Any
 import torch
 
 from ..models import get_model
+from ..sparse import LATENT_CHUNK, encode_codes
 from .corpus import Block
 from .setup import SaeSlot
 from .stats import FeatureStats
 
-#: Dense ``[tokens, d_sae]`` chunk size, in floats (32 MB of fp32): 512 tokens of a 16k SAE.
+#: Dense ``[tokens, latents]`` chunk size, in floats (32 MB of fp32): 1024 tokens x 8192 latents.
 CHUNK_FLOATS = 1 << 23
 
 
 class _StopForward(Exception):
     """Raised by the hook on the deepest layer needed: the rest of the forward pass is not computed."""
-
-
-@dataclass
-class Codes:
-    """Features of ``n`` tokens: each token's top ``k`` (zeros where fewer fire) and every non-zero."""
-
-    top_values: torch.Tensor  # [n, k]
-    top_indices: torch.Tensor  # [n, k]
-    nz_token: torch.Tensor  # [nnz] row index in 0..n-1
-    nz_feature: torch.Tensor  # [nnz]
-    nz_value: torch.Tensor  # [nnz]
-
-
-def sparse_codes(sae: Any, x: torch.Tensor, k: int) -> Codes:
-    """Encode ``x`` ``[n, d_in]`` with ``sae.encode`` and keep each token's top ``k`` and all non-zeros.
-
-    The one function to swap for a chunked sparse encoder (``encode_topk`` / ``encode_sparse``): the
-    rest of the pipeline only sees :class:`Codes`.
-    """
-    f = sae.encode(x.to(sae.W_enc.dtype))
-    k = min(k, f.shape[-1])
-    vals, idx = torch.topk(f, k, dim=-1, sorted=True)
-    nz = torch.nonzero(f > 0)
-    return Codes(vals, idx, nz[:, 0], nz[:, 1], f[nz[:, 0], nz[:, 1]])
 
 
 @dataclass
@@ -160,35 +139,20 @@ class Extractor:
         return BlockResult(block.index, block.seqs, block.ids, out, int(lens.sum()))
 
     def _encode(self, s: SaeSlot, x: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor) -> SaeResult:
-        chunk = max(1, CHUNK_FLOATS // s.d_sae)
-        rows: list[list[torch.Tensor]] = [[], [], [], []]
-        nzs: list[list[torch.Tensor]] = [[], [], [], []]
-        with torch.no_grad():
-            for a in range(0, x.shape[0], chunk):
-                c = sparse_codes(s.sae, x[a : a + chunk], self.top_k)
-                sq, ps = seq[a : a + chunk], pos[a : a + chunk]
-                live = (c.top_values > 0).cpu()
-                r = torch.nonzero(live)[:, 0]
-                rows[0].append(sq[r])
-                rows[1].append(ps[r])
-                rows[2].append(c.top_indices.cpu()[live])
-                rows[3].append(c.top_values.float().cpu()[live])
-                tok = c.nz_token.cpu()
-                nzs[0].append(sq[tok])
-                nzs[1].append(ps[tok])
-                nzs[2].append(c.nz_feature.cpu())
-                nzs[3].append(c.nz_value.float().cpu())
-        e64, e32 = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
-        cat = [torch.cat(v) if v else e for v, e in zip(rows, (e64, e64, e64, e32), strict=True)]
-        ncat = [torch.cat(v) if v else e for v, e in zip(nzs, (e64, e64, e64, e32), strict=True)]
+        k = min(self.top_k, s.d_sae)
+        chunk = max(1, CHUNK_FLOATS // min(s.d_sae, LATENT_CHUNK))
+        c = encode_codes(s.sae, x, k, token_chunk=chunk)
+        live = (c.values > 0).cpu()
+        r = torch.nonzero(live)[:, 0]
+        tok = c.nz_row.cpu()
         return SaeResult(
-            cat[0],
-            cat[1].to(torch.int32),
-            cat[2].to(torch.int32),
-            cat[3],
-            ncat[0],
-            ncat[1].to(torch.int32),
-            ncat[2].to(torch.int32),
-            ncat[3],
+            seq[r],
+            pos[r].to(torch.int32),
+            c.indices.cpu()[live].to(torch.int32),
+            c.values.float().cpu()[live],
+            seq[tok],
+            pos[tok].to(torch.int32),
+            c.nz_feature.cpu().to(torch.int32),
+            c.nz_value.float().cpu(),
             int(x.shape[0]),
         )

@@ -167,8 +167,11 @@ def _from_pretrained(name: str, dtype: torch.dtype, *, local_files_only: bool) -
     return hf, tok
 
 
-def load_saes(spec: ExtractSpec, entries: list[Entry], device: str) -> list[SaeSlot]:
-    """Every SAE of the job on ``device`` in ``spec.dtype``, with the site it reads."""
+def load_saes(spec: ExtractSpec, entries: list[Entry], device: str, parts: str = "encoder") -> list[SaeSlot]:
+    """Every SAE of the job on ``device`` in ``spec.dtype``, with the site it reads.
+
+    ``parts="encoder"`` (extraction: nothing of the decoder is read) or ``"decoder"`` (the merge's logit
+    directions) load half of each file; ``"all"`` loads the SAELens object."""
     from ..attach import resolve_sites
     from ..loading import load
 
@@ -185,6 +188,7 @@ def load_saes(spec: ExtractSpec, entries: list[Entry], device: str) -> list[SaeS
                 dtype=spec.dtype,
                 cache_dir=spec.cache_dir,
                 check_shapes=spec.check_shapes,
+                parts=parts,
             )
         if getattr(sae, "hook_z_reshaping_mode", False):
             sae.turn_off_forward_pass_hook_z_reshaping()  # record() already flattens hook_z
