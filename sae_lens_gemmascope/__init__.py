@@ -23,6 +23,7 @@ from .plugin import register, register_when_sae_lens_is_imported
 
 if TYPE_CHECKING:
     from .evidence.examples import load_examples
+    from .evidence.extracted import open_extraction
     from .loading import load, load_with_cfg_and_sparsity
     from .multilayer import Crosscoder, CrossLayerTranscoder
     from .partial import SAEDecoder, SAEEncoder
@@ -32,6 +33,7 @@ __all__ = [
     "load",
     "load_with_cfg_and_sparsity",
     "load_examples",
+    "open_extraction",
     "registry",
     "register",
     "CrossLayerTranscoder",
@@ -55,6 +57,7 @@ _LAZY = {
     "encode_sparse": ".sparse",
     "decode_sparse": ".sparse",
     "load_examples": ".evidence.examples",
+    "open_extraction": ".evidence.extracted",
 }
 
 

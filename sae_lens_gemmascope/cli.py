@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=bounded_int(1, 10_000), default=5)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("explain", help="top contexts, logit tokens and frequency of features (examples file)")
+    s = sub.add_parser(
+        "explain", help="top contexts, logit tokens and frequency of features (examples file or --from DIR)"
+    )
     s.add_argument("release")
     s.add_argument("sae_id")
     s.add_argument("features", nargs="+", type=int, metavar="FEATURE")
@@ -336,9 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
     s.add_argument("--revision")
     s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
+    s.add_argument(
+        "--from",
+        dest="extraction",
+        metavar="DIR",
+        help="read the merged output of `gemmascope extract`/`merge` in DIR instead of the official file "
+        "(any SAE, Gemma Scope 1 included)",
+    )
     s.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("dashboard", help="write a static, offline feature dashboard (examples file)")
+    s = sub.add_parser(
+        "dashboard", help="write a static, offline feature dashboard (examples file or --from DIR)"
+    )
     s.add_argument("release")
     s.add_argument("sae_id")
     s.add_argument("--out", required=True, help="output directory (index.html, index.html#<feature>)")
@@ -347,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
     s.add_argument("--revision")
     s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
+    s.add_argument(
+        "--from",
+        dest="extraction",
+        metavar="DIR",
+        help="read the merged output of `gemmascope extract`/`merge` in DIR instead of the official file "
+        "(any SAE, Gemma Scope 1 included)",
+    )
     s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("check-hub", help="compare the registry with the hub listings")

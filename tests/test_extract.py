@@ -450,6 +450,81 @@ def test_merged_examples_file_is_gemma_scope_2_format_and_agrees_with_rows(
     assert ex["logit_effects"][f_, r] == pytest.approx(want_eff, rel=1e-4, abs=1e-4)
 
 
+def test_explain_and_dashboard_read_a_merged_gemma_scope_1_extraction(
+    hf_cache, model_dirs, corpus, tmp_path, capsys
+):
+    """Gemma Scope 1 ships no examples file: `explain --from DIR` shows the extraction's evidence,
+    decoded with the extraction's (Gemma 2) tokenizer; checked against the rows and the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sae_lens_gemmascope.cli import main
+    from sae_lens_gemmascope.extract.merge import merge
+
+    _write(hf_cache, GS1)
+    out = tmp_path / "gs1"
+    w = WIDTH[GS1]
+    _run(_spec(out, model_dirs["gemma2"], corpus, GS1, top_k=w, top_n=4))  # K = d_sae: every non-zero
+    assert main(["explain", *GS1, "0", "--from", str(out)]) == 2  # not merged yet
+    assert f"gemmascope merge {out}" in capsys.readouterr().err
+    merge(out, quiet=True)
+    rows = _table(out / "rows").to_pandas()
+    f_ = int(rows.feature.value_counts().index[0])  # the most frequent feature
+    assert (
+        main(["explain", *GS1, str(f_), "--from", str(out), "-n", "3", "--before", "2", "--after", "30"]) == 0
+    )
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert (
+        lines[0] == f"Feature {f_} of {GS1[0]} / {GS1[1]}"
+        and lines[1] == f"  evidence       extraction {out}"
+    )
+    docs = _docs(model_dirs["gemma2"], corpus, 24)
+    n_tok = sum(len(d) - 1 for d in docs)
+    n_f = int((rows.feature == f_).sum())
+    assert f"frequency      {n_f / n_tok:.6g} " in text
+    tok = AutoTokenizer.from_pretrained(model_dirs["gemma2"])
+    want = (
+        rows[rows.feature == f_].sort_values(["value", "seq", "pos"], ascending=[False, True, True]).head(3)
+    )
+    got = [ln for ln in lines if re.match(r"^\s+\S+\s+\d+:\d+  ", ln)]
+    assert len(got) == 3
+    for ln, (_, r) in zip(got, want.iterrows(), strict=True):
+        s_, p_ = int(r.seq), int(r.pos)
+        pieces = tok.convert_ids_to_tokens(docs[s_])
+        ctx = "".join(pieces[max(0, p_ - 2) : p_]) + f"[[{pieces[p_]}]]" + "".join(pieces[p_ + 1 :])
+        assert ln.split()[:2] == [f"{r.value:.4g}", f"{s_}:{p_}"]
+        assert ln.endswith(f"  {ctx}"), (ln, ctx)  # the document's own tokens, no padding after its end
+    # every stored example of every feature: the document's own tokens, never the padding after its end
+    from sae_lens_gemmascope import open_extraction
+
+    short = 0
+    with open_extraction(out, *GS1) as ex:
+        assert ex.d_sae == w
+        for feat in range(w):
+            for e in ex.top(feat, n=4, window=(2, 30)):
+                d = docs[e.seq_id]
+                assert list(e.token_ids) == d[max(0, e.position - 2) : e.position + 31]
+                assert list(e.tokens) == tok.convert_ids_to_tokens(list(e.token_ids))
+                short += len(d) < 24
+    assert short > 0  # some examples come from documents shorter than the padded rows
+    # an SAE the job did not extract: the error lists what it has
+    assert main(["explain", *RES, "0", "--from", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not one of the SAEs extracted" in err and GS1[1] in err
+    # the dashboard reads the same evidence
+    site = tmp_path / "site"
+    assert main(["dashboard", *GS1, "--from", str(out), "--out", str(site), "--features", f"{f_}"]) == 0
+    body = (site / "data" / "f" / f"{f_ // 64}.js").read_text(encoding="utf-8")
+    shard = json.loads(body[body.index(",", body.index(",") + 1) + 1 : body.rstrip().rindex(")")])
+    rec = shard["features"][str(f_)]
+    assert [(e[1], e[2]) for e in rec["ex"][:3]] == [(int(r.seq), int(r.pos)) for _, r in want.iterrows()]
+    for e in rec["ex"]:
+        s_, p_ = e[1], e[2]
+        assert e[4] == docs[s_][max(0, p_ - 16) : p_ + 5]  # window 16 before, 4 after, cut at the end
+        pieces = tok.convert_ids_to_tokens(docs[s_])
+        assert shard["tok"][str(docs[s_][p_])] == pieces[p_]
+
+
 def test_dataset_input_equals_text_input(hf_cache, model_dirs, corpus, tmp_path):
     _write(hf_cache, RES)
     lines = corpus.read_text(encoding="utf-8").split("\n")[:-1]

@@ -1,6 +1,8 @@
 """Feature evidence: what a latent fires on, from the official ``examples.safetensors``.
 
 * :mod:`.examples` reads the file lazily (``load_examples``), one feature's rows at a time;
+* :mod:`.extracted` opens the merged evidence of a ``gemmascope extract`` run (``open_extraction``),
+  for any SAE, Gemma Scope 1 included;
 * :mod:`.vocab` turns Gemma 3 token ids into display strings (one vocabulary for every size);
 * :mod:`.explain` prints it (``gemmascope explain``);
 * :mod:`.dashboard` writes a static, offline, sharded feature site (``gemmascope dashboard``).
@@ -23,6 +25,7 @@ from .examples import (
     load_examples,
     open_examples,
 )
+from .extracted import open_extraction
 
 __all__ = [
     "EXAMPLES_FILE",
@@ -33,4 +36,5 @@ __all__ = [
     "LogitToken",
     "load_examples",
     "open_examples",
+    "open_extraction",
 ]

@@ -353,12 +353,17 @@ def build_dashboard(
     features: str | Sequence[int] | None = None,
     top: int = 20,
     progress: bool = True,
+    extraction: str | os.PathLike[str] | None = None,
     **load_kwargs: Any,
 ) -> DashboardStats:
-    """Load the examples of ``release`` / ``sae_id`` (``load_kwargs`` go to ``load_examples``) and write the site."""
-    from .examples import load_examples
+    """Load the examples of ``release`` / ``sae_id`` and write the site.
 
-    with load_examples(release, sae_id, **load_kwargs) as ex:
+    The evidence is the official examples file (``load_kwargs`` go to ``load_examples``), or with
+    ``extraction=DIR`` the merged output of ``gemmascope extract`` in ``DIR`` (any SAE, Gemma Scope 1
+    included)."""
+    from .explain import open_evidence
+
+    with open_evidence(release, sae_id, extraction, **load_kwargs) as ex:
         feats = (
             parse_features(features, ex.d_sae) if isinstance(features, str) or features is None else features
         )
@@ -367,14 +372,17 @@ def build_dashboard(
 
 def cli_dashboard(args: Any) -> int:
     """``gemmascope dashboard``: build, then say where the site is and how to open it."""
-    kwargs: dict[str, Any] = {}
-    if args.cache_dir:
-        kwargs["cache_dir"] = args.cache_dir
-    if args.revision:
-        kwargs["revision"] = args.revision
-    if args.no_check_shapes:
-        kwargs["check_shapes"] = False
-    st = build_dashboard(args.release, args.sae_id, args.out, features=args.features, top=args.top, **kwargs)
+    from .explain import evidence_kwargs
+
+    st = build_dashboard(
+        args.release,
+        args.sae_id,
+        args.out,
+        features=args.features,
+        top=args.top,
+        extraction=args.extraction,
+        **evidence_kwargs(args),
+    )
     index = (st.out / "index.html").resolve()
     print(
         f"wrote {st.features} features in {st.shards} shards ({st.data_bytes / 1e6:.1f} MB of data, "

@@ -84,10 +84,15 @@ class FeatureIndexError(GemmaScopeError, IndexError):
     """A feature index outside ``0 .. d_sae - 1``."""
 
 
-EXTRACT_HINT = (
-    "Compute the evidence yourself by running the model over your own text with `gemmascope extract` "
-    "(top activating contexts from a forward pass)."
-)
+def extract_hint(entry: Entry) -> str:
+    """How to compute the evidence of ``entry`` over your own text, and read it with the same tools."""
+    return (
+        "Compute the evidence yourself by running the model over your own text (top activating contexts "
+        "from a forward pass):\n"
+        f"    gemmascope extract --sae {entry.release} {entry.sae_id} --text corpus.txt --out feats\n"
+        "    gemmascope merge feats\n"
+        f"    gemmascope explain {entry.release} {entry.sae_id} FEATURE --from feats"
+    )
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,10 @@ class Examples:
 
         self.path = Path(path)
         self.entry = entry
+        #: Where the evidence comes from when it is not the official file (e.g. ``"extraction DIR"``).
+        self.source: str | None = None
+        #: The id that right-pads ``tokens`` rows (an extraction's corpus); trailing ones are not shown.
+        self.pad_id: int | None = None
         self._tokenizer = tokenizer
         self._vocab: Vocab | None = tokenizer if isinstance(tokenizer, Vocab) else None
         name = f"{entry.release}/{entry.sae_id}" if entry is not None else str(self.path)
@@ -270,7 +279,11 @@ class Examples:
             a, b = int(run[0]), int(run[-1]) + 1
             block = np.asarray(sl[a:b])
             for k, s in enumerate(range(a, b)):
-                out[s] = block[k]
+                row = block[k]
+                if self.pad_id is not None:  # right-padded rows end at the last real token
+                    real = np.flatnonzero(row != self.pad_id)
+                    row = row[: int(real[-1]) + 1 if real.size else 0]
+                out[s] = row
         return out
 
     # ------------------------------------------------------------------ per feature
@@ -361,7 +374,7 @@ def no_examples_message(entry: Entry, why: str) -> str:
     """The message of :class:`ExamplesNotAvailableError` for ``entry``."""
     return (
         f"{entry.release}/{entry.sae_id} has no {EXAMPLES_FILE}: {why} "
-        f"(registry: examples {getattr(entry, 'examples', 'unknown')}). {EXTRACT_HINT}"
+        f"(registry: examples {getattr(entry, 'examples', 'unknown')}). {extract_hint(entry)}"
     )
 
 
@@ -415,7 +428,7 @@ def load_examples(
         raise ExamplesNotAvailableError(
             f"{entry.release}/{entry.sae_id}: {EXAMPLES_FILE} is not in the local Hugging Face cache and the "
             f"hub cannot be used ({exc}). Fetch it while online with:\n"
-            f"    gemmascope download {entry.release} {entry.sae_id} --examples\n{EXTRACT_HINT}"
+            f"    gemmascope download {entry.release} {entry.sae_id} --examples\n{extract_hint(entry)}"
         ) from exc
     except GemmaScopeError as exc:  # the hub answered: no such file
         raise ExamplesNotAvailableError(

@@ -76,6 +76,8 @@ def explain_feature(
     top = examples.top(feature, n=n, window=window)
     n_real = len(examples.activations(feature))
     lines = [f"{b}Feature {feature}{r} of {where}"]
+    if examples.source is not None:
+        lines.append(f"  evidence       {examples.source}")
     lines.append(f"  frequency      {freq:.6g} ({freq * 100:.4g}% of tokens)")
     lines.append(f"  top logits     {_logit_line(logits.top, color, UP)}")
     lines.append(f"  bottom logits  {_logit_line(logits.bottom, color, DOWN)}")
@@ -112,22 +114,56 @@ def explain(
     n: int = 10,
     window: int | tuple[int, int] = WINDOW,
     color: bool = False,
+    extraction: str | os.PathLike[str] | None = None,
     **load_kwargs: Any,
 ) -> str:
-    """The whole ``gemmascope explain`` text for several features (``load_kwargs`` go to ``load_examples``).
+    """The whole ``gemmascope explain`` text for several features.
+
+    The evidence is the official examples file (``load_kwargs`` go to ``load_examples``), or, with
+    ``extraction=DIR``, the merged output of ``gemmascope extract`` / ``gemmascope merge`` in ``DIR``
+    (any SAE, Gemma Scope 1 included; ``load_kwargs`` go to ``open_extraction``).
 
     Example:
         >>> print(explain("gemma-scope-2-1b-pt-res", "layer_13_width_16k_l0_medium", [7]))  # doctest: +SKIP
+        >>> print(explain("gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71", [7], extraction="feats"))  # doctest: +SKIP
     """
-    from .examples import load_examples
-
-    with load_examples(release, sae_id, **load_kwargs) as ex:
+    with open_evidence(release, sae_id, extraction, **load_kwargs) as ex:
         return "\n\n".join(explain_feature(ex, f, n=n, window=window, color=color) for f in features)
+
+
+def open_evidence(
+    release: str, sae_id: str, extraction: str | os.PathLike[str] | None = None, **load_kwargs: Any
+) -> Examples:
+    """The official examples of ``release`` / ``sae_id``, or those merged in ``extraction`` when given."""
+    from .examples import load_examples
+    from .extracted import open_extraction
+
+    if extraction is not None:
+        return open_extraction(extraction, release, sae_id, **load_kwargs)
+    return load_examples(release, sae_id, **load_kwargs)
 
 
 def cli_explain(args: Any) -> int:
     """``gemmascope explain``: print, return the exit status (errors are raised as GemmaScopeError)."""
-    color = want_color(args.color)
+    text = explain(
+        args.release,
+        args.sae_id,
+        list(args.features),
+        n=args.top,
+        window=(args.before, args.after),
+        color=want_color(args.color),
+        extraction=args.extraction,
+        **evidence_kwargs(args),
+    )
+    print(text)
+    return 0
+
+
+def evidence_kwargs(args: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`open_evidence` from the shared ``explain`` / ``dashboard`` options
+    (the cache options only apply to the official file)."""
+    if args.extraction:
+        return {}
     kwargs: dict[str, Any] = {}
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
@@ -135,14 +171,4 @@ def cli_explain(args: Any) -> int:
         kwargs["revision"] = args.revision
     if args.no_check_shapes:
         kwargs["check_shapes"] = False
-    text = explain(
-        args.release,
-        args.sae_id,
-        list(args.features),
-        n=args.top,
-        window=(args.before, args.after),
-        color=color,
-        **kwargs,
-    )
-    print(text)
-    return 0
+    return kwargs

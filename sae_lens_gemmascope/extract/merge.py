@@ -6,6 +6,7 @@ Writes, under ``DIR/merged/``:
   ``sum_fx``), ``max``, ``mean``, ``frequency`` (count / tokens read) and the histogram;
 * ``examples.parquet``: the top-N examples per feature (``value, seq, pos``; value descending, then
   ``seq``, ``pos``);
+* ``vocab.json``: the tokenizer's pieces, so the evidence tools decode with it (:func:`vocab_path`);
 * ``<release>/<sae_id>/examples.safetensors`` per SAE, in the Gemma Scope 2 format
   (``gemma-scope-2.md`` §2.3): ``activations`` (W, N) f32, ``seq_ids`` (W, N) i64, ``positions``
   (W, N) i32, ``logit_effects`` (W, N) f32, ``top_tokens`` / ``bottom_tokens`` (W, 10) i32,
@@ -15,7 +16,9 @@ Writes, under ``DIR/merged/``:
   ``seq_ids`` and ``positions`` -1. The logit columns are described in :mod:`.logits`.
 
 Every shard ``0..N-1`` must be finished. Merging is exact (:mod:`.stats`), so the files are the same,
-bit for bit, whether the job ran as 1 shard or many.
+bit for bit, whether the job ran as 1 shard or many. The evidence tools read the result for any SAE,
+Gemma Scope 1 included: ``gemmascope explain RELEASE SAE_ID FEATURE --from DIR``, ``gemmascope dashboard
+RELEASE SAE_ID --from DIR --out SITE``, or :func:`sae_lens_gemmascope.evidence.open_extraction`.
 
 Example:
     >>> from sae_lens_gemmascope.extract.merge import examples_path
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import EXAMPLES_TENSORS
+from ..artifacts import EXAMPLES_FILE, EXAMPLES_TENSORS
 from .shards import atomic_path, marker_path, shard_name, table_path
 from .spec import ExtractError, ExtractSpec, read_job
 from .stats import FeatureStats
@@ -43,7 +46,28 @@ EXAMPLE_KEYS = tuple(EXAMPLES_TENSORS)  # the Gemma Scope 2 layout (artifacts.EX
 
 def examples_path(out: str | os.PathLike[str], release: str, sae_id: str) -> Path:
     """Where ``merge`` writes the ``examples.safetensors`` of one SAE."""
-    return Path(out) / "merged" / release / sae_id / "examples.safetensors"
+    return Path(out) / "merged" / release / sae_id / EXAMPLES_FILE
+
+
+def vocab_path(out: str | os.PathLike[str]) -> Path:
+    """Where ``merge`` writes the extraction tokenizer's vocabulary (``{"tokenizer": name,
+    "pad_token_id": id that right-pads the corpus rows, "pieces": [piece of id 0, 1, ...]}``), so that ``explain`` / ``dashboard --from DIR`` decode the corpus
+    tokens with the tokenizer that made them, without loading it."""
+    return Path(out) / "merged" / "vocab.json"
+
+
+def write_vocab(out: str | os.PathLike[str], tokenizer: Any, pad_id: int) -> Path:
+    """Write :func:`vocab_path` from ``tokenizer`` (atomically)."""
+    path = vocab_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "") or ""),
+        "pad_token_id": int(pad_id),
+        "pieces": tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def _only(t: Any, release: str, sae_id: str) -> Any:
@@ -219,6 +243,7 @@ def merge(out: str | os.PathLike[str], *, device: str = "cpu", quiet: bool = Fal
     slots = load_saes(spec, entries, device, parts="decoder")
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     tokens, lengths = corpus_tokens(out, int(job["identity"]["n_shards"]), pad)
+    write_vocab(out, tok, pad)
     written = []
     for info, acc, slot in zip(infos, merged, slots, strict=True):
         w_dec = slot.sae.W_dec.detach()
@@ -242,4 +267,15 @@ def merge(out: str | os.PathLike[str], *, device: str = "cpu", quiet: bool = Fal
                 f"{info['release']}/{info['sae_id']}: {acc.n_tokens:,} tokens, "
                 f"{int((acc.count > 0).sum()):,}/{acc.d_sae:,} features active -> {path}"
             )
-    return {"stats": str(out / "merged" / "stats.parquet"), "examples": written, "saes": infos}
+    if not quiet:
+        first = infos[0]
+        print(
+            f"see a feature: gemmascope explain {first['release']} {first['sae_id']} FEATURE --from {out}\n"
+            f"all features:  gemmascope dashboard {first['release']} {first['sae_id']} --from {out} --out SITE"
+        )
+    return {
+        "stats": str(out / "merged" / "stats.parquet"),
+        "examples": written,
+        "vocab": str(vocab_path(out)),
+        "saes": infos,
+    }
