@@ -277,15 +277,25 @@ def test_from_tensors_and_from_files_agree(tmp_path: Path) -> None:
             np.testing.assert_allclose(out[j].numpy(), ref[j], rtol=1e-9, atol=1e-9)
 
 
-def test_layerfile_slices_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_iov", [512, 2])
+def test_layerfile_slices_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_iov: int) -> None:
+    from sae_lens_gemmascope.reading import stored
+
+    monkeypatch.setattr(stored, "_MAX_IOV", max_iov)  # runs of targets split over several preadv calls
     arr = np.arange(7 * 5 * 3, dtype=np.float32).reshape(7, 5, 3)
-    save_file({"w_dec": arr}, str(tmp_path / "a.safetensors"))
+    save_file({"b": np.zeros(3, np.float32), "w_dec": arr}, str(tmp_path / "a.safetensors"))
     f = LayerFile(tmp_path / "a.safetensors")
-    for targets, chunk in (([0, 1, 2, 3, 4], 1 << 20), ([1, 2, 4], 1 << 20), ([1, 2, 3], 20), ([4], 8)):
-        got = f.read_w_dec(targets, chunk_bytes=chunk)
-        assert sorted(got) == targets
-        for t in targets:
+    for targets in ([0, 1, 2, 3, 4], [1, 2, 4], [4, 1, 2, 2], [0, 3], [4]):
+        got = f.read_w_dec(targets)
+        assert sorted(got) == sorted(set(targets))
+        for t in set(targets):
+            assert got[t].is_contiguous()
             np.testing.assert_array_equal(got[t].numpy(), arr[:, t, :])
+    big = np.random.default_rng(0).standard_normal((700, 6, 1200), dtype=np.float32)  # 20 MB: threaded
+    save_file({"w_dec": big}, str(tmp_path / "big.safetensors"))
+    got = LayerFile(tmp_path / "big.safetensors").read_w_dec(range(1, 6))
+    for t in range(1, 6):
+        np.testing.assert_array_equal(got[t].numpy(), big[:, t, :])
 
 
 _MEM_SCRIPT = textwrap.dedent(

@@ -2,8 +2,9 @@
 
 A thin layer over :class:`sae_lens_gemmascope.reading.TensorFile` (header validated by the
 ``safetensors`` library) for the one access pattern the multi-layer modules add: the decoder
-slices ``w_dec[:, j, :]`` of chosen targets ``j``, read row block by row block so that nothing else
-of the 3-D decoder is read and the temporary buffer stays below :data:`READ_CHUNK_BYTES`.
+slices ``w_dec[:, j, :]`` of chosen targets ``j``, scattered by ``preadv`` straight into their own
+tensors (:func:`sae_lens_gemmascope.reading.stored.read_middle`): nothing else of the 3-D decoder is
+read, and no staging buffer is used.
 
 Example:
     >>> import tempfile, numpy as np
@@ -21,16 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..errors import BlockIndexError, ShapeMismatchError
 from ..reading import TensorFile, stored
-
-#: Bytes of the temporary buffer used when copying decoder slices out of a file.
-READ_CHUNK_BYTES = 32 * 2**20
 
 
 class LayerFile(TensorFile):
@@ -48,9 +45,7 @@ class LayerFile(TensorFile):
         """Latent rows ``rows`` (in that order) of ``name`` along its first axis, stored dtype."""
         return super().read(name, latents=list(rows), axis=0)
 
-    def read_w_dec(
-        self, targets: Iterable[int], name: str = "w_dec", chunk_bytes: int = READ_CHUNK_BYTES
-    ) -> dict[int, torch.Tensor]:
+    def read_w_dec(self, targets: Iterable[int], name: str = "w_dec") -> dict[int, torch.Tensor]:
         """``{j: w_dec[:, j, :]}`` for each target ``j`` (each contiguous, stored dtype, CPU)."""
         st = self.stored(name)
         if len(st.shape) != 3:
@@ -62,20 +57,4 @@ class LayerFile(TensorFile):
         bad = [t for t in want if not 0 <= t < n_t]
         if bad:
             raise BlockIndexError(f"{self.path}: target(s) {bad} outside 0..{n_t - 1}")
-        flat = dataclasses.replace(st, shape=(d_lat * n_t, d_out))  # row r*n_t + j is w_dec[r, j, :]
-        out = {t: torch.empty((d_lat, d_out), dtype=_torch_dtype(st)) for t in want}
-        row_bytes = d_out * st.dtype.itemsize
-        per = max(1, chunk_bytes // max(1, row_bytes * len(want)))
-        for r0 in range(0, d_lat, per):
-            r1 = min(d_lat, r0 + per)
-            rows = [r * n_t + t for r in range(r0, r1) for t in want]
-            block = stored.read(flat, latents=rows, axis=0).reshape(r1 - r0, len(want), d_out)
-            for k, t in enumerate(want):
-                out[t][r0:r1].copy_(block[:, k])
-        return out
-
-
-def _torch_dtype(st: stored.StoredTensor) -> torch.dtype:
-    import numpy as np
-
-    return torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
+        return stored.read_middle(st, want)

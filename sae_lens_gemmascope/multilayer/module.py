@@ -32,6 +32,7 @@ from ..errors import (
     LatentIndexError,
     ShapeMismatchError,
 )
+from ..reading.stored import refuse_nonfinite
 from ..registry import Entry
 from .files import LayerFile
 
@@ -39,14 +40,6 @@ PathLike = str | os.PathLike[str]
 T = TypeVar("T", bound="MultiLayerModule")
 
 _KEYS_REQUIRED = ("w_enc", "b_enc", "threshold", "w_dec", "b_dec")
-
-
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
-        raise CorruptArtifactError(
-            f"{what} holds {n_bad} NaN/inf value(s); the file is corrupt. Delete it from the cache and download again."
-        )
 
 
 class MultiLayerModule(nn.Module):
@@ -190,7 +183,7 @@ class MultiLayerModule(nn.Module):
                 )
 
     def _put(self, store: nn.ParameterDict, key: str, t: torch.Tensor, what: str, fp32: bool = False) -> None:
-        _check_finite(t, what)
+        refuse_nonfinite(t, what)
         t = t.to(device=self.device, dtype=torch.float32 if fp32 else self.dtype)
         store[key] = nn.Parameter(t.contiguous(), requires_grad=False)
 
@@ -250,7 +243,7 @@ class MultiLayerModule(nn.Module):
         """Load what reconstructing ``targets`` (default: all blocks) needs, file by file; returns self.
 
         For each source file the needed target columns are read in one pass and the file's other
-        columns are never read, so the temporary memory is bounded by :data:`READ_CHUNK_BYTES`.
+        columns are never read; they go straight into their tensors (no staging buffer).
         """
         tg = (
             list(range(self.n_blocks)) if targets is None else sorted({self._check_block(t) for t in targets})

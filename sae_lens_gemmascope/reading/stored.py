@@ -86,16 +86,25 @@ def corrupt(path: Path | str, what: str, artifact: str = "") -> CorruptArtifactE
     )
 
 
-def check_finite(t: torch.Tensor, st: StoredTensor) -> None:
-    """Refuse NaN / inf values (one pass over ``t``)."""
+def refuse_nonfinite(t: torch.Tensor, what: str) -> None:
+    """Raise :class:`CorruptArtifactError` naming ``what`` if ``t`` holds NaN or inf.
+
+    One pass and no temporary: ``torch.aminmax`` (NaN propagates into both; +-inf shows up as an
+    extreme). ``torch.isfinite(t).all()`` allocates a bool per element and was 8x slower on CLT loads.
+    """
     if t.numel() == 0 or not t.is_floating_point():
         return
-    lo, hi = torch.aminmax(t)  # NaN propagates into both; +-inf shows up as an extreme
+    lo, hi = torch.aminmax(t)
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise CorruptArtifactError(
-            f"{st.describe()} holds NaN or inf values; refusing to load it. If the file was damaged in "
+            f"{what} holds NaN or inf values; refusing to load it. If the file was damaged in "
             "transit, re-download it with force_download=True."
         )
+
+
+def check_finite(t: torch.Tensor, st: StoredTensor) -> None:
+    """Refuse NaN / inf values of the stored tensor ``st`` (:func:`refuse_nonfinite`)."""
+    refuse_nonfinite(t, st.describe())
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, st: StoredTensor) -> None:
@@ -179,6 +188,59 @@ def _rows_raw(st: StoredTensor, rows: list[int] | None, n_rows: int, row_elems: 
         else:
             for job in jobs:
                 one(job)
+    finally:
+        os.close(fd)
+    return out
+
+
+#: Most buffers one ``preadv`` call takes (POSIX guarantees IOV_MAX >= 16; Linux allows 1024).
+_MAX_IOV = 512
+
+
+def read_middle(st: StoredTensor, want: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{j: t[:, j, :]}`` for the sorted, distinct ``want`` of a stored 3-D tensor ``(a, b, c)``,
+    each a contiguous ``(a, c)`` tensor of the stored dtype; nothing else of ``t`` is read.
+
+    For each first-axis row, one ``preadv`` scatters every run of consecutive ``j`` straight into the
+    destination tensors (no staging buffer, no copy). This is the CLT decoder access pattern
+    (``w_dec[:, j, :]``); the generic row reader needed a staging copy and twice the page faults.
+    """
+    if st.offset is None or len(st.shape) != 3:
+        raise CorruptArtifactError(f"{st.describe()}: read_middle needs an uncompressed 3-D tensor.")
+    a, b, c = st.shape
+    src = torch.from_numpy(np.empty(0, dtype=st.dtype)).dtype
+    out = {j: torch.empty((a, c), dtype=src) for j in want}
+    row_bytes = c * st.dtype.itemsize
+    if not out or a == 0 or row_bytes == 0:
+        return out
+    views = {j: memoryview(t.view(torch.uint8).numpy()).cast("B") for j, t in out.items()}  # type: ignore[arg-type]
+    groups = []  # (first j, views of the run), at most _MAX_IOV per call
+    for first, stop, _ in _runs(list(out)):
+        for g0 in range(first, stop, _MAX_IOV):
+            groups.append((g0, [views[j] for j in range(g0, min(stop, g0 + _MAX_IOV))]))
+    offset = int(st.offset)
+    fd = os.open(st.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+    def rows(r0: int, r1: int) -> None:
+        for r in range(r0, r1):
+            lo, hi, base = r * row_bytes, (r + 1) * row_bytes, offset + r * b * row_bytes
+            for g0, vs in groups:
+                bufs = [v[lo:hi] for v in vs]
+                pos = base + g0 * row_bytes
+                if hasattr(os, "preadv") and os.preadv(fd, bufs, pos) == len(bufs) * row_bytes:
+                    continue
+                for k, buf in enumerate(bufs):  # a short read (or no preadv): one buffer at a time
+                    _pread_into(fd, buf, pos + k * row_bytes, st)
+
+    try:
+        total = a * len(out) * row_bytes
+        n_thr = READ_THREADS if total >= READ_THREADS * (8 << 20) else 1
+        if n_thr > 1:
+            step = -(-a // n_thr)
+            with ThreadPoolExecutor(n_thr) as ex:
+                list(ex.map(lambda r0: rows(r0, min(a, r0 + step)), range(0, a, step)))
+        else:
+            rows(0, a)
     finally:
         os.close(fd)
     return out
