@@ -233,6 +233,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(prompt=args.prompt, offline=True if args.offline else None, top_k=args.top_k)
 
 
+def add_evidence_options(s: argparse.ArgumentParser) -> None:
+    """Where ``explain`` / ``dashboard`` find their evidence: the official file, or ``--from DIR``."""
+    s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
+    s.add_argument("--revision")
+    s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
+    s.add_argument(
+        "--from",
+        dest="extraction",
+        metavar="DIR",
+        help="read the merged output of `gemmascope extract`/`merge` in DIR instead of the official file "
+        "(any SAE, Gemma Scope 1 included)",
+    )
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from .evidence.explain import cli_explain
 
@@ -335,16 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--before", type=int, default=16, help="tokens shown before the active one")
     s.add_argument("--after", type=int, default=4, help="tokens shown after the active one")
     s.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-    s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
-    s.add_argument("--revision")
-    s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
-    s.add_argument(
-        "--from",
-        dest="extraction",
-        metavar="DIR",
-        help="read the merged output of `gemmascope extract`/`merge` in DIR instead of the official file "
-        "(any SAE, Gemma Scope 1 included)",
-    )
+    add_evidence_options(s)
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser(
@@ -355,16 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (index.html, index.html#<feature>)")
     s.add_argument("--features", help="only these features: e.g. 0-99,123,4000-4010 (default: all)")
     s.add_argument("-n", "--top", type=int, default=20, help="examples per feature (default 20)")
-    s.add_argument("--cache-dir", help="Hugging Face cache holding the examples file")
-    s.add_argument("--revision")
-    s.add_argument("--no-check-shapes", action="store_true", help="accept a width other than the registry's")
-    s.add_argument(
-        "--from",
-        dest="extraction",
-        metavar="DIR",
-        help="read the merged output of `gemmascope extract`/`merge` in DIR instead of the official file "
-        "(any SAE, Gemma Scope 1 included)",
-    )
+    add_evidence_options(s)
     s.set_defaults(func=cmd_dashboard)
 
     s = sub.add_parser("check-hub", help="compare the registry with the hub listings")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import time
 from typing import Any
 
 import numpy as np
@@ -119,9 +118,9 @@ def run_ray(
     ray = _init(spec)
     from ray.data import DataContext
 
-    from .corpus import count_docs, iter_blocks
+    from .corpus import count_docs
     from .setup import entries_of, load_tokenizer
-    from .shards import docs_in_shard, progress, shard_name, shard_writer
+    from .shards import advance, shard_blocks, shard_progress, shard_writer
 
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True  # blocks come back in order: the same rows file as local
@@ -135,19 +134,8 @@ def run_ray(
     total = count_docs(spec.text, spec.dataset, spec.split)
     markers = []
     for i in todo:
-        blocks = iter_blocks(
-            spec.text,
-            spec.dataset,
-            spec.split,
-            spec.column,
-            tok,
-            ctx=spec.ctx,
-            batch_size=spec.batch_size,
-            shard=(i, n),
-        )
-        items = [{"block": pickle.dumps(b)} for b in blocks]
-        docs = docs_in_shard(total, batch_size=spec.batch_size, shard=(i, n)) if total is not None else None
-        bar = progress(docs, f"{shard_name(i, n)} (ray, {actors} actors)") if not quiet else None
+        items = [{"block": pickle.dumps(b)} for b in shard_blocks(spec, tok, i, n)]
+        bar = None if quiet else shard_progress(spec, total, i, n, f"ray, {actors} actors")
         with shard_writer(spec, i, n, slots) as w:
             if items:
                 ds = ray.data.from_items(items).map_batches(
@@ -162,10 +150,7 @@ def run_ray(
                     for payload in batch["result"]:
                         r = pickle.loads(payload)
                         w.add(r)
-                        if bar is not None:
-                            bar.update(len(r.seqs))
-                            rate = w.n_tokens / max(1e-9, time.perf_counter() - w.t0)
-                            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+                        advance(bar, w, len(r.seqs))
             markers.append(w.commit())
         if bar is not None:
             bar.close()

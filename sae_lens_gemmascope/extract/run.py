@@ -8,10 +8,9 @@ Example:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from .shards import docs_in_shard, is_done, prepare_job, progress, shard_name, shard_writer
+from .shards import advance, is_done, prepare_job, shard_blocks, shard_name, shard_progress, shard_writer
 from .spec import ExtractSpec
 
 
@@ -35,7 +34,7 @@ def run_extract(spec: ExtractSpec, *, quiet: bool = False) -> dict[str, Any]:
         result["markers"] = run_ray(spec, n, todo, quiet=quiet)
         _summary(spec, n, quiet)
         return result
-    from .corpus import count_docs, iter_blocks
+    from .corpus import count_docs
     from .runner import Extractor
     from .setup import check_compatible, entries_of, load_model, load_saes, resolve_device
 
@@ -50,27 +49,11 @@ def run_extract(spec: ExtractSpec, *, quiet: bool = False) -> dict[str, Any]:
     total = count_docs(spec.text, spec.dataset, spec.split)
     with Extractor(hf, tok, slots, spec.top_k) as ex:
         for i in todo:
-            docs = (
-                docs_in_shard(total, batch_size=spec.batch_size, shard=(i, n)) if total is not None else None
-            )
-            bar = progress(docs, shard_name(i, n)) if not quiet else None
+            bar = None if quiet else shard_progress(spec, total, i, n)
             with shard_writer(spec, i, n, slots) as w:
-                blocks = iter_blocks(
-                    spec.text,
-                    spec.dataset,
-                    spec.split,
-                    spec.column,
-                    tok,
-                    ctx=spec.ctx,
-                    batch_size=spec.batch_size,
-                    shard=(i, n),
-                )
-                for block in blocks:
+                for block in shard_blocks(spec, tok, i, n):
                     w.add(ex.run(block))
-                    if bar is not None:
-                        bar.update(len(block.seqs))
-                        rate = w.n_tokens / max(1e-9, time.perf_counter() - w.t0)
-                        bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+                    advance(bar, w, len(block.seqs))
                 result["markers"].append(w.commit())
             if bar is not None:
                 bar.close()

@@ -254,3 +254,38 @@ def progress(total_docs: int | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total_docs, desc=desc, unit="doc", dynamic_ncols=True, smoothing=0.1)
+
+
+def shard_blocks(spec: ExtractSpec, tokenizer: Any, i: int, n: int) -> Iterator[Any]:
+    """The token blocks (:class:`~.corpus.Block`) that shard ``i`` of ``n`` reads, in order."""
+    from .corpus import iter_blocks
+
+    return iter_blocks(
+        spec.text,
+        spec.dataset,
+        spec.split,
+        spec.column,
+        tokenizer,
+        ctx=spec.ctx,
+        batch_size=spec.batch_size,
+        shard=(i, n),
+    )
+
+
+def shard_progress(spec: ExtractSpec, total_docs: int | None, i: int, n: int, label: str = "") -> Any:
+    """The bar of shard ``i`` of ``n`` (its share of ``total_docs`` when the corpus size is known)."""
+    docs = (
+        docs_in_shard(total_docs, batch_size=spec.batch_size, shard=(i, n))
+        if total_docs is not None
+        else None
+    )
+    return progress(docs, shard_name(i, n) + (f" ({label})" if label else ""))
+
+
+def advance(bar: Any, writer: ShardWriter, n_docs: int) -> None:
+    """Move ``bar`` (None when quiet) by ``n_docs`` documents and show the shard's tokens/s so far."""
+    if bar is None:
+        return
+    bar.update(n_docs)
+    rate = writer.n_tokens / max(1e-9, time.perf_counter() - writer.t0)
+    bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
