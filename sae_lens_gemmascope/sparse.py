@@ -173,7 +173,8 @@ def encode_sparse(
     codes, lead, d_sae = _scan(sae, x, None, True, latent_chunk, token_chunk)
     r_all, c_all = codes.nz_row, codes.nz_feature
     idx = torch.stack([*torch.unravel_index(r_all, lead), c_all]) if lead else c_all[None]
-    return torch.sparse_coo_tensor(idx, codes.nz_value, (*lead, d_sae)).coalesce()
+    # indices are in range by construction: no invariant check (and no warning about skipping it)
+    return torch.sparse_coo_tensor(idx, codes.nz_value, (*lead, d_sae), check_invariants=False).coalesce()
 
 
 @torch.no_grad()
