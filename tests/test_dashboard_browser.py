@@ -129,7 +129,10 @@ def test_search_by_token_and_by_id(browser: Any, server: str) -> None:
     page.press("#q", "Enter")
     page.wait_for_selector('#results li[data-feature="16383"]')
     page.goto(f"{server}/index.html#5000")  # not built: a clear message, not a blank page
-    page.wait_for_function("document.getElementById('status').textContent.length > 0")
+    # the status first says "loading feature 5000…", then what happened: wait for the latter
+    page.wait_for_function(
+        "(t => t.length > 0 && !t.startsWith('loading'))(document.getElementById('status').textContent)"
+    )
     assert "not in this dashboard" in page.inner_text("#status")
     assert [u for u in requests if not u.startswith(server + "/")] == []
     page.close()
