@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ..errors import LatentIndexError
 from ..reading import NpzFile
 from ..reading import TensorFile as SafetensorsFile
 
@@ -59,18 +58,6 @@ class TensorFile:
         return self._f.read(name, check=True)
 
     def read_rows(self, name: str, ids: Any, first_target: int | None = None) -> torch.Tensor:
-        """Rows ``ids`` (any order, repeats allowed) of ``name``, in that order; ``first_target`` keeps
-        ``[:, first_target:]`` of a 3-D decoder."""
-        shape = self.shape(name)
-        idx = torch.as_tensor(ids).detach().to("cpu", torch.int64).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= shape[0]):
-            raise LatentIndexError(
-                f"{self.path}:{name} has {shape[0]} rows; asked for ids {int(idx.min())}..{int(idx.max())}."
-            )
-        uniq = torch.unique(idx)  # sorted: one positional read per run of consecutive ids
-        block = self._f.read(name, latents=uniq.tolist(), axis=0, check=True)
-        if first_target is not None:
-            block = block[:, int(first_target) :].contiguous()
-        if uniq.numel() == idx.numel() and bool((uniq == idx).all()):
-            return block
-        return block[torch.searchsorted(uniq, idx)]
+        """Rows ``ids`` (any order, repeats allowed) of ``name``, in that order, NaN/inf refused;
+        ``first_target`` keeps ``[:, first_target:]`` of a 3-D decoder (see ``StoredFile.read_rows``)."""
+        return self._f.read_rows(name, ids, first_target=first_target, check=True)

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 
@@ -40,10 +40,6 @@ class LayerFile(TensorFile):
     def nbytes(self, name: str) -> int:
         """Stored size of tensor ``name`` in bytes."""
         return self.stored(name).nbytes
-
-    def read_rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
-        """Latent rows ``rows`` (in that order) of ``name`` along its first axis, stored dtype."""
-        return super().read(name, latents=list(rows), axis=0)
 
     def read_w_dec(self, targets: Iterable[int], name: str = "w_dec") -> dict[int, torch.Tensor]:
         """``{j: w_dec[:, j, :]}`` for each target ``j`` (each contiguous, stored dtype, CPU)."""

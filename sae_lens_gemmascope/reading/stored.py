@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -383,6 +383,21 @@ class StoredFile:
         return read(
             self.stored(name), dtype=dtype, latents=latents, axis=axis, transpose=transpose, check=check
         )
+
+    def read_rows(
+        self, name: str, ids: Any, *, first_target: int | None = None, check: bool = False
+    ) -> torch.Tensor:
+        """Rows ``ids`` (any order, repeats allowed) of ``name`` along its first axis, in that order,
+        stored dtype; each distinct row is read once. ``first_target`` keeps ``[:, first_target:]`` of a
+        3-D decoder (a CLT's ``(d_latents, n_layers, d_model)``)."""
+        idx = torch.as_tensor(ids).detach().to("cpu", torch.int64).reshape(-1)
+        uniq = torch.unique(idx)  # sorted: one positional read per run of consecutive ids
+        block = self.read(name, latents=uniq.tolist(), axis=0, check=check)
+        if first_target is not None:
+            block = block[:, int(first_target) :].contiguous()
+        if uniq.numel() == idx.numel() and bool((uniq == idx).all()):
+            return block
+        return block[torch.searchsorted(uniq, idx)]
 
     def memory_map(self, name: str) -> torch.Tensor:
         """Zero-copy, copy-on-write tensor over ``name`` (memory grows with the pages touched)."""
