@@ -159,16 +159,22 @@ class Examples:
     or call :meth:`close`; every method reads only the rows it needs."""
 
     def __init__(
-        self, path: str | os.PathLike[str], entry: Entry | None = None, tokenizer: Any = None
+        self,
+        path: str | os.PathLike[str],
+        entry: Entry | None = None,
+        tokenizer: Any = None,
+        *,
+        source: str | None = None,
+        pad_id: int | None = None,
     ) -> None:
         from safetensors import safe_open
 
         self.path = Path(path)
         self.entry = entry
         #: Where the evidence comes from when it is not the official file (e.g. ``"extraction DIR"``).
-        self.source: str | None = None
+        self.source = source
         #: The id that right-pads ``tokens`` rows (an extraction's corpus); trailing ones are not shown.
-        self.pad_id: int | None = None
+        self.pad_id = pad_id
         self._tokenizer = tokenizer
         self._vocab: Vocab | None = tokenizer if isinstance(tokenizer, Vocab) else None
         name = f"{entry.release}/{entry.sae_id}" if entry is not None else str(self.path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GemmaScopeError
-from .examples import Examples, ExamplesNotAvailableError, open_examples
+from .examples import Examples, ExamplesNotAvailableError
 from .vocab import Vocab
 
 
@@ -111,11 +111,13 @@ def open_extraction(
         entry = registry.get(rel, sid)
     except GemmaScopeError:
         entry = None
-    vocab, pad_id = extraction_vocab(out)
-    # the file was written from the SAE the job loaded (its width may be narrowed, --no-check-shapes)
-    ex = open_examples(
-        path, entry=entry, tokenizer=vocab if tokenizer is None else tokenizer, check_shapes=False
+    vocab, pad_id = extraction_vocab(out)  # the pad id the merge wrote the corpus rows with
+    # the file was written from the SAE the job loaded (its width may be narrowed, --no-check-shapes):
+    # no width check against the registry
+    return Examples(
+        path,
+        entry=entry,
+        tokenizer=vocab if tokenizer is None else tokenizer,
+        source=f"extraction {out}",
+        pad_id=pad_id,
     )
-    ex.source = f"extraction {out}"
-    ex.pad_id = pad_id
-    return ex
